@@ -1,0 +1,42 @@
+"""Errors a user can act on. Every message says what is wrong and what to do.
+
+Faces (CLI, Slicer, web) print ``str(err)`` without a traceback for these;
+any other exception is a bug and is reported as such.
+"""
+from __future__ import annotations
+
+
+class LiverSegError(Exception):
+    """Base class: a problem with the user's input, model or environment."""
+
+    code = "error"
+
+
+class InputError(LiverSegError):
+    """The image cannot or should not be segmented (unreadable, not CT, not 3D...)."""
+
+    code = "input"
+
+
+class BundleError(LiverSegError):
+    """A model bundle is missing, inconsistent, tampered with or unsafe."""
+
+    code = "model"
+
+
+class ResourceError(LiverSegError):
+    """Not enough memory/disk, or an unavailable device."""
+
+    code = "resource"
+
+
+class OutputError(LiverSegError):
+    """Results cannot be written (unwritable folder, full disk, existing file)."""
+
+    code = "output"
+
+
+class Cancelled(LiverSegError):
+    """The user cancelled the run."""
+
+    code = "cancelled"
