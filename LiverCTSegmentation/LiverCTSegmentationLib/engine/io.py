@@ -1,0 +1,330 @@
+"""Reading and writing images as `Volume`s (NIfTI, NRRD, MetaImage, DICOM series).
+
+ITK silently returns zero-filled or garbled voxels for truncated or corrupted
+compressed NIfTI/NRRD/MetaImage files, so the file's structure is verified here
+(declared data size, gzip/zlib checksums) before ITK reads it. Every failure the
+user can act on becomes an `InputError`/`OutputError` naming the file.
+"""
+from __future__ import annotations
+
+import errno
+import gzip
+import os
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import InputError, OutputError
+from .volume import Volume
+
+READ_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+_CHUNK = 16 << 20
+
+
+def _suffix(path: Path, allowed: tuple[str, ...]) -> str | None:
+    name = path.name.lower()
+    for s in allowed:
+        if name.endswith(s):
+            return s
+    return None
+
+
+# --------------------------------------------------------------------- read
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read a 3D image file or a DICOM series folder; raises `InputError` on any problem."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"Input not found: '{p}'. Check the path and that the file was copied completely.")
+    if p.is_dir():
+        from .dicom import read_dicom_series
+
+        return read_dicom_series(p)
+    suffix = _suffix(p, READ_SUFFIXES)
+    if suffix is None:
+        if p.name.lower().endswith((".dcm", ".ima")):
+            raise InputError(f"'{p}' is a single DICOM file: pass the folder that holds the whole series instead.")
+        raise InputError(
+            f"Unsupported file type: '{p.name}'. Use NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), "
+            "MetaImage (.mha, .mhd) or a folder with a DICOM series."
+        )
+    if not os.access(p, os.R_OK):
+        raise InputError(f"Cannot read '{p}': permission denied. Check the file's permissions.")
+    if p.stat().st_size == 0:
+        raise InputError(f"'{p}' is empty (0 bytes). The file was not saved or copied completely.")
+    try:
+        _VALIDATORS[suffix](p)
+    except InputError:
+        raise
+    except (OSError, EOFError, zlib.error, ValueError, KeyError, IndexError) as e:
+        raise InputError(f"'{p}' is corrupted or truncated ({e}). Re-export or re-copy the file.") from e
+
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(p))
+    except RuntimeError as e:
+        raise InputError(f"Cannot read '{p}' as {suffix} image: {_itk_reason(e)}. "
+                         "The file may be corrupted, truncated or not really a medical image; re-export it.") from e
+    vol = Volume.from_sitk(img, source_path=str(p), pixel_type=img.GetPixelIDTypeAsString())
+    return vol
+
+
+def _itk_reason(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    if "Unable to determine ImageIO reader" in str(e):
+        return "the content does not match any known image format (wrong extension or not an image)"
+    return lines[-1][:200]
+
+
+# ------------------------------------------------------- structure checks
+def _drain_gzip(fileobj: Any) -> int:
+    """Decompress a gzip stream to the end (checks CRC and length); returns byte count."""
+    n = 0
+    with gzip.GzipFile(fileobj=fileobj, mode="rb") as g:
+        while True:
+            block = g.read(_CHUNK)
+            if not block:
+                return n
+            n += len(block)
+
+
+def _drain_zlib(fh: Any) -> int:
+    d = zlib.decompressobj()
+    n = 0
+    while True:
+        block = fh.read(_CHUNK)
+        if not block:
+            break
+        n += len(d.decompress(block))
+        if d.eof:
+            break
+    n += len(d.flush())
+    if not d.eof:
+        raise EOFError("compressed data ends before its end marker")
+    return n
+
+
+def _need(p: Path, have: int, need: int) -> None:
+    if have < need:
+        raise InputError(
+            f"'{p}' holds {have} bytes of image data but its header declares {need}: the file is truncated or "
+            "its header is wrong. Re-export or re-copy the file."
+        )
+
+
+def _check_nifti(p: Path) -> None:
+    import nibabel as nib
+
+    try:
+        hdr = nib.load(str(p)).header
+    except Exception as e:  # nibabel raises many types for bad headers
+        raise InputError(f"'{p}' is not a valid NIfTI file ({e}). Check the file type or re-export it.") from e
+    shape = hdr.get_data_shape()
+    need = int(hdr.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * hdr.get_data_dtype().itemsize
+    if p.name.lower().endswith(".gz"):
+        with open(p, "rb") as fh:
+            have = _drain_gzip(fh)
+    else:
+        have = p.stat().st_size
+    _need(p, have, need)
+
+
+_NRRD_BYTES = {"signed char": 1, "int8": 1, "int8_t": 1, "uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1,
+               "short": 2, "short int": 2, "signed short": 2, "signed short int": 2, "int16": 2, "int16_t": 2,
+               "ushort": 2, "unsigned short": 2, "unsigned short int": 2, "uint16": 2, "uint16_t": 2,
+               "int": 4, "signed int": 4, "int32": 4, "int32_t": 4, "uint": 4, "unsigned int": 4, "uint32": 4,
+               "uint32_t": 4, "longlong": 8, "long long": 8, "long long int": 8, "signed long long": 8,
+               "signed long long int": 8, "int64": 8, "int64_t": 8, "ulonglong": 8, "unsigned long long": 8,
+               "unsigned long long int": 8, "uint64": 8, "uint64_t": 8, "float": 4, "double": 8}
+
+
+def _read_text_header(fh: Any, stop: Callable[[str], bool], what: str, p: Path) -> list[str]:
+    lines: list[str] = []
+    for _ in range(10000):
+        raw = fh.readline()
+        if not raw:
+            break
+        line = raw.decode("latin-1").rstrip("\r\n")
+        lines.append(line)
+        if stop(line):
+            return lines
+    raise InputError(f"'{p}' has no complete {what} header. The file is truncated or not a {what} file.")
+
+
+def _check_nrrd(p: Path) -> None:
+    with open(p, "rb") as fh:
+        if not fh.read(4) == b"NRRD":
+            raise InputError(f"'{p}' does not start with 'NRRD': it is not a NRRD file. Check the file type.")
+        fh.seek(0)
+        attached = p.name.lower().endswith(".nrrd")
+        lines = _read_text_header(fh, lambda ln: ln == "" and attached, "NRRD", p) if attached else \
+            [ln.decode("latin-1").rstrip("\r\n") for ln in fh.readlines()[:10000]]
+        fields = {}
+        for ln in lines[1:]:
+            if ":" in ln and not ln.startswith("#") and ":=" not in ln:
+                k, v = ln.split(":", 1)
+                fields[k.strip().lower()] = v.strip()
+        sizes = [int(s) for s in fields.get("sizes", "").split()]
+        nbytes = _NRRD_BYTES.get(fields.get("type", "").lower())
+        if not sizes or nbytes is None or "line skip" in fields or "lineskip" in fields:
+            return  # unusual layout: leave it to ITK
+        need = int(np.prod(sizes, dtype=np.int64)) * nbytes
+        skip = int(fields.get("byte skip", fields.get("byteskip", "0")))
+        if skip < 0:
+            return
+        encoding = fields.get("encoding", "raw").lower()
+        datafile = fields.get("data file", fields.get("datafile"))
+        if datafile is None and attached:
+            offset = fh.tell()
+            target = p
+        elif datafile and " " not in datafile and "%" not in datafile and datafile.upper() != "LIST":
+            target = p.parent / datafile
+            offset = 0
+            if not target.exists():
+                raise InputError(f"The data file '{target}' named in '{p}' is missing. Copy it next to the header.")
+        else:
+            return
+    with open(target, "rb") as fh:
+        fh.seek(offset + (skip if encoding == "raw" else 0))
+        if encoding in ("gzip", "gz"):
+            have = _drain_gzip(fh)
+        elif encoding == "raw":
+            have = target.stat().st_size - offset - skip
+        else:
+            return
+    _need(p, have, need)
+
+
+_MHA_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 8, "MET_ULONG": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+              "MET_DOUBLE": 8}
+
+
+def _check_meta(p: Path) -> None:
+    with open(p, "rb") as fh:
+        lines = _read_text_header(fh, lambda ln: ln.replace(" ", "").startswith("ElementDataFile="), "MetaImage", p)
+        fields = {}
+        for ln in lines:
+            if "=" in ln:
+                k, v = ln.split("=", 1)
+                fields[k.strip()] = v.strip()
+        if "DimSize" not in fields or "ElementType" not in fields:
+            raise InputError(f"'{p}' is not a valid MetaImage file (no DimSize/ElementType). Check the file type.")
+        dims = [int(s) for s in fields["DimSize"].split()]
+        comps = int(fields.get("ElementNumberOfChannels", "1"))
+        nbytes = _MHA_BYTES.get(fields["ElementType"])
+        if nbytes is None:
+            return
+        need = int(np.prod(dims, dtype=np.int64)) * comps * nbytes
+        compressed = fields.get("CompressedData", "False").lower() == "true"
+        datafile = fields["ElementDataFile"]
+        offset = fh.tell()
+    if datafile == "LOCAL":
+        target = p
+    elif " " in datafile or "%" in datafile or datafile.upper() == "LIST":
+        return
+    else:
+        target = p.parent / datafile
+        offset = 0
+        if not target.exists():
+            raise InputError(f"The data file '{target}' named in '{p}' is missing. Copy it next to the header.")
+    with open(target, "rb") as fh:
+        fh.seek(offset)
+        have = _drain_zlib(fh) if compressed else target.stat().st_size - offset
+    _need(p, have, need)
+
+
+_VALIDATORS: dict[str, Callable[[Path], None]] = {
+    ".nii.gz": _check_nifti, ".nii": _check_nifti, ".nrrd": _check_nrrd, ".nhdr": _check_nrrd,
+    ".mha": _check_meta, ".mhd": _check_meta,
+}
+
+
+# -------------------------------------------------------------------- write
+def temp_path_for(path: Path) -> Path:
+    """Temporary name in the same folder that keeps the extension (ITK picks the format by it)."""
+    suffix = _suffix(path, (".seg.nrrd",) + WRITE_SUFFIXES) or path.suffix
+    stem = path.name[: len(path.name) - len(suffix)]
+    return path.with_name(f"{stem}.tmp-{os.getpid()}{suffix}")
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Run ``writer(tmp)`` then move tmp onto ``path``; maps failures to `OutputError`, never leaves tmp behind."""
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise OutputError(f"'{p}' already exists. Choose another name or allow overwriting.")
+    if p.is_dir():
+        raise OutputError(f"'{p}' is a folder; give a file name.")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"Cannot create the folder '{p.parent}': {e.strerror}. Choose a writable location.") from e
+    tmp = temp_path_for(p)
+    try:
+        writer(tmp)
+        os.replace(tmp, p)
+    except OSError as e:
+        raise OutputError(_write_failure(p, e)) from e
+    except RuntimeError as e:  # ITK reports I/O failures as RuntimeError without errno
+        raise OutputError(_write_failure(p, e)) from e
+    finally:
+        if tmp.exists():
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+    return p
+
+
+def _write_failure(p: Path, e: Exception) -> str:
+    code = getattr(e, "errno", None)
+    if code == errno.ENOSPC:
+        return f"Cannot write '{p}': the disk is full. Free some space or write somewhere else."
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS) or not os.access(p.parent, os.W_OK):
+        return f"Cannot write '{p}': the folder '{p.parent}' is not writable. Choose another output folder."
+    try:
+        import shutil
+
+        if shutil.disk_usage(p.parent).free < (1 << 20):
+            return f"Cannot write '{p}': the disk is full. Free some space or write somewhere else."
+    except OSError:
+        pass
+    reason = getattr(e, "strerror", None) or _itk_reason(e)
+    return f"Cannot write '{p}': {reason}. Check the folder and free disk space."
+
+
+def write_volume(vol: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write NIfTI/NRRD/MHA (by extension), compressed and atomically; `OutputError` on failure."""
+    p = Path(path)
+    if p.name.lower().endswith(".seg.nrrd"):
+        raise OutputError(f"'{p.name}': use write_seg_nrrd for Slicer segmentation files.")
+    if _suffix(p, WRITE_SUFFIXES) is None:
+        raise OutputError(f"Unsupported output type '{p.name}'. Use .nii.gz, .nii, .nrrd or .mha.")
+    import SimpleITK as sitk
+
+    img = vol.to_sitk()
+    return atomic_write(p, lambda tmp: sitk.WriteImage(img, str(tmp), True), overwrite=overwrite)
+
+
+def write_seg_nrrd(labelmap: Volume, labels: list[dict], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Slicer .seg.nrrd writer (see segfile.py); exposed here as the architecture's io API."""
+    from .segfile import write_seg_nrrd as _w
+
+    return _w(labelmap, labels, path, overwrite=overwrite)
+
+
+def read_dicom_series(folder: str | os.PathLike) -> Volume:
+    from .dicom import read_dicom_series as _r
+
+    return _r(folder)
+
+
+def write_dicom_series(vol: Volume, folder: str | os.PathLike, **kw: Any) -> list[Path]:
+    from .dicom import write_dicom_series as _w
+
+    return _w(vol, folder, **kw)

@@ -1,0 +1,202 @@
+"""Image file I/O: geometry round trips, damaged files, odd paths, atomic writes."""
+from __future__ import annotations
+
+import errno
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from LiverCTSegmentationLib.engine import io
+from LiverCTSegmentationLib.engine.errors import InputError, OutputError
+from LiverCTSegmentationLib.engine.volume import Volume
+
+OBLIQUE = Rotation.from_euler("xyz", [12, -25, 33], degrees=True).as_matrix()
+DIRECTIONS = {"lps": np.eye(3), "ras_like": np.diag([-1.0, -1.0, 1.0]), "oblique": OBLIQUE}
+
+
+def _vol(direction=np.eye(3), dtype=np.int16, seed=0) -> Volume:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(-1024, 2000, size=(9, 14, 17)).astype(dtype)
+    return Volume(arr, (0.73, 0.81, 3.5), (-120.25, 33.5, -410.0), direction)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".mha"])
+@pytest.mark.parametrize("orient", sorted(DIRECTIONS))
+def test_round_trip_keeps_voxels_and_geometry(tmp_path: Path, ext: str, orient: str) -> None:
+    vol = _vol(DIRECTIONS[orient])
+    out = io.write_volume(vol, tmp_path / f"img{ext}")
+    back = io.read_volume(out)
+    assert back.array.dtype == np.int16
+    np.testing.assert_array_equal(back.array, vol.array)
+    np.testing.assert_allclose(back.spacing, vol.spacing, atol=1e-5)
+    np.testing.assert_allclose(back.origin, vol.origin, atol=1e-4)
+    np.testing.assert_allclose(back.direction, vol.direction, atol=1e-5)
+    assert back.metadata["source_path"] == str(out)
+    assert [p.name for p in tmp_path.iterdir()] == [f"img{ext}"]  # no temp file left
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.uint16])
+def test_pixel_type_is_kept(tmp_path: Path, dtype) -> None:
+    vol = _vol(dtype=np.int16)
+    vol = vol.with_array(np.abs(vol.array).astype(dtype))
+    back = io.read_volume(io.write_volume(vol, tmp_path / "x.nrrd"))
+    assert back.array.dtype == dtype
+    np.testing.assert_array_equal(back.array, vol.array)
+
+
+def test_non_ascii_and_space_path(tmp_path: Path) -> None:
+    folder = tmp_path / "Ünïcödé folder 肝臓 ct"
+    vol = _vol(OBLIQUE)
+    out = io.write_volume(vol, folder / "patient é 1.nii.gz")
+    assert out.exists()
+    back = io.read_volume(out)
+    np.testing.assert_array_equal(back.array, vol.array)
+    assert back.same_grid(vol)
+
+
+def test_missing_file_and_unknown_extension(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        io.read_volume(tmp_path / "nope.nii.gz")
+    bad = tmp_path / "scan.png"
+    bad.write_bytes(b"\x89PNG....")
+    with pytest.raises(InputError, match="Unsupported file type"):
+        io.read_volume(bad)
+    empty = tmp_path / "empty.nii.gz"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        io.read_volume(empty)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_truncated_file_is_rejected(tmp_path: Path, ext: str) -> None:
+    src = io.write_volume(_vol(), tmp_path / f"ok{ext}")
+    data = src.read_bytes()
+    bad = tmp_path / f"cut{ext}"
+    bad.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(InputError, match="cut"):
+        io.read_volume(bad)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".mha"])
+def test_corrupted_compressed_file_is_rejected(tmp_path: Path, ext: str) -> None:
+    src = io.write_volume(_vol(), tmp_path / f"ok{ext}")
+    data = bytearray(src.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = np.random.default_rng(1).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    bad = tmp_path / f"corrupt{ext}"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="corrupt"):
+        io.read_volume(bad)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_wrong_magic_is_rejected(tmp_path: Path, ext: str) -> None:
+    bad = tmp_path / f"fake{ext}"
+    bad.write_bytes(b"this is a text file, not an image\n" * 50)
+    with pytest.raises(InputError, match="fake"):
+        io.read_volume(bad)
+
+
+def test_nifti_header_declaring_more_data_than_present(tmp_path: Path) -> None:
+    src = io.write_volume(_vol(), tmp_path / "ok.nii")
+    data = bytearray(src.read_bytes())
+    # NIfTI-1 dim[3] (number of slices) is a little-endian int16 at byte 46.
+    assert struct.unpack_from("<h", data, 46)[0] == 9
+    struct.pack_into("<h", data, 46, 90)
+    (tmp_path / "lie.nii").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="header declares"):
+        io.read_volume(tmp_path / "lie.nii")
+    (tmp_path / "lie.nii.gz").write_bytes(gzip.compress(bytes(data)))
+    with pytest.raises(InputError, match="header declares"):
+        io.read_volume(tmp_path / "lie.nii.gz")
+
+
+@pytest.mark.parametrize("ext", [".nrrd", ".mha"])
+def test_text_header_declaring_more_data_than_present(tmp_path: Path, ext: str) -> None:
+    src = io.write_volume(_vol(), tmp_path / f"ok{ext}")
+    data = src.read_bytes()
+    key, old, new = (b"sizes: 17 14 9", b"sizes: 17 14 9", b"sizes: 17 14 90") if ext == ".nrrd" else \
+        (b"DimSize = 17 14 9", b"DimSize = 17 14 9", b"DimSize = 17 14 90")
+    assert key in data
+    (tmp_path / f"lie{ext}").write_bytes(data.replace(old, new, 1))
+    with pytest.raises(InputError, match="lie"):
+        io.read_volume(tmp_path / f"lie{ext}")
+
+
+def test_write_refuses_overwrite_unless_asked(tmp_path: Path) -> None:
+    out = io.write_volume(_vol(seed=0), tmp_path / "x.nii.gz")
+    with pytest.raises(OutputError, match="already exists"):
+        io.write_volume(_vol(seed=1), out)
+    io.write_volume(_vol(seed=1), out, overwrite=True)
+    np.testing.assert_array_equal(io.read_volume(out).array, _vol(seed=1).array)
+    with pytest.raises(OutputError, match="Unsupported output type"):
+        io.write_volume(_vol(), tmp_path / "x.png")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user for chmod")
+def test_unwritable_folder_gives_output_error(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="not writable"):
+            io.write_volume(_vol(), folder / "x.nii.gz")
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o700)
+
+
+def test_unwritable_folder_via_readonly_file_as_parent(tmp_path: Path) -> None:
+    # Works as root too: a regular file cannot be a folder.
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="Cannot create the folder"):
+        io.write_volume(_vol(), blocker / "x.nii.gz")
+
+
+def test_disk_full_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.os, "replace", full)
+    with pytest.raises(OutputError, match="disk is full"):
+        io.write_volume(_vol(), tmp_path / "x.nrrd")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_failure_mid_write_leaves_nothing(tmp_path: Path) -> None:
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputError, match="disk is full"):
+        io.atomic_write(tmp_path / "x.nii.gz", half_then_fail)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_real_ct_reads_with_geometry(real_data_dir: Path) -> None:
+    vol = io.read_volume(real_data_dir / "totalseg_example_ct.nii.gz")
+    assert vol.array.shape == (112, 101, 122) and vol.array.dtype == np.int16
+    np.testing.assert_allclose(vol.spacing, (3.0, 3.0, 3.0), atol=1e-4)
+    np.testing.assert_allclose(np.diag(vol.direction), (-1.0, -1.0, 1.0), atol=1e-4)
+
+
+@pytest.mark.parametrize("ext", [".nhdr", ".mhd"])
+def test_detached_header_formats(tmp_path: Path, ext: str) -> None:
+    import SimpleITK as sitk
+
+    vol = _vol(OBLIQUE)
+    sitk.WriteImage(vol.to_sitk(), str(tmp_path / f"img{ext}"), True)
+    back = io.read_volume(tmp_path / f"img{ext}")
+    np.testing.assert_array_equal(back.array, vol.array)
+    assert back.same_grid(vol)
+    data_files = [p for p in tmp_path.iterdir() if p.suffix != ext]
+    assert len(data_files) == 1
+    data_files[0].unlink()
+    with pytest.raises(InputError, match="missing"):
+        io.read_volume(tmp_path / f"img{ext}")
