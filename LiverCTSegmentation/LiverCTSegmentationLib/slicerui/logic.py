@@ -1,0 +1,135 @@
+"""LiverCTSegmentationLogic: MRML in, engine, MRML out. No GUI code, no dialogs.
+
+Usable from Slicer's Python console::
+
+    logic = LiverCTSegmentationLogic()
+    segNode, stats = logic.process(getNode("CTLiver"))
+
+Progress and errors are reported through ``progressCallback(fraction, stage)``
+and ``LiverSegError`` exceptions; the widget decides how to show them.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable, Optional
+
+try:  # In Slicer (or with Testing/slicer_fakes installed).
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+except ImportError:  # pragma: no cover - plain slicer-core without fakes
+    class ScriptedLoadableModuleLogic:  # type: ignore[no-redef]
+        def __init__(self, parent=None) -> None:
+            pass
+
+from . import mrml_convert, results_table
+from .modelchoice import load_bundle
+
+ProgressCallback = Callable[[float, str], None]
+TABLE_NODE_NAME_SUFFIX = " statistics"
+
+
+class LiverCTSegmentationLogic(ScriptedLoadableModuleLogic):
+    """Runs the engine on MRML nodes and writes editable segments + a statistics table."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.cancelEvent = threading.Event()
+
+    # ------------------------------------------------------------------ helpers
+    def getParameterNode(self):  # noqa: N802 - Slicer naming
+        from .parameters import LiverCTSegmentationParameterNode
+
+        return LiverCTSegmentationParameterNode(super().getParameterNode())
+
+    def cancel(self) -> None:
+        """Ask a running ``process`` to stop at its next check point."""
+        self.cancelEvent.set()
+
+    @staticmethod
+    def createSegmentationNode(inputVolumeNode, scene=None):
+        scene = scene or inputVolumeNode.GetScene()
+        seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{inputVolumeNode.GetName()} liver segmentation")
+        seg.CreateDefaultDisplayNodes()
+        return seg
+
+    @staticmethod
+    def statisticsTableNode(segmentationNode, tableNode=None):
+        """The table node for ``segmentationNode``'s statistics (created once, reused)."""
+        if tableNode is not None:
+            return tableNode
+        scene = segmentationNode.GetScene()
+        ref = segmentationNode.GetNodeReference("LiverCTSegmentation.Statistics")
+        if ref is not None:
+            return ref
+        tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", segmentationNode.GetName() + TABLE_NODE_NAME_SUFFIX)
+        segmentationNode.SetNodeReferenceID("LiverCTSegmentation.Statistics", tableNode.GetID())
+        return tableNode
+
+    # ------------------------------------------------------------------ main API
+    def process(self, inputVolumeNode, outputSegmentationNode=None, model: Any = None, device: str = "auto",
+                fast: bool = False, roi=None, progressCallback: Optional[ProgressCallback] = None,
+                perLesionSegments: bool = False, tableNode=None):
+        """Segment ``inputVolumeNode`` in this process (blocking).
+
+        Returns ``(segmentationNode, statistics)``. Creates the segmentation node
+        when ``outputSegmentationNode`` is None. Raises ``LiverSegError``
+        subclasses with user-readable messages (``Cancelled`` after ``cancel()``).
+        """
+        from ..engine import checks, pipeline
+        from ..engine.progress import Progress
+
+        if inputVolumeNode is None:
+            from ..engine.errors import InputError
+
+            raise InputError("Select an input CT volume.")
+        self.cancelEvent.clear()
+        volume = mrml_convert.volume_from_node(inputVolumeNode)
+        checks.check_volume(volume)
+        bundle = load_bundle(model)
+        options = pipeline.SegmentOptions(device=device or "auto", fast=bool(fast),
+                                          roi_lps=mrml_convert.roi_to_lps_box(roi, inputVolumeNode))
+        result = pipeline.segment(volume, bundle, options, progress=Progress(progressCallback, self.cancelEvent))
+        segNode = self.importResult(inputVolumeNode, result.labelmap, bundle.labels, result.statistics,
+                                    outputSegmentationNode, perLesionSegments=perLesionSegments,
+                                    modelName=f"{bundle.name} {bundle.version}", tableNode=tableNode)
+        if progressCallback is not None:
+            progressCallback(1.0, "done")
+        return segNode, result.statistics
+
+    def importResult(self, inputVolumeNode, labelmap, labels, statistics=None, outputSegmentationNode=None,
+                     perLesionSegments: bool = False, modelName: str = "", tableNode=None):
+        """Engine labelmap (input grid) -> segmentation node (+ statistics table).
+
+        Shared by ``process`` and the background runner. Follows the reuse
+        policy in ``mrml_convert`` (edited segments are never overwritten).
+        """
+        segNode = outputSegmentationNode
+        created = segNode is None
+        if created:
+            segNode = self.createSegmentationNode(inputVolumeNode)
+        lesion_ids = None
+        if perLesionSegments:
+            from ..engine import statistics as engine_statistics
+
+            lesion_ids = engine_statistics.label_lesions(labelmap)
+        mrml_convert.import_labelmap(labelmap, segNode, inputVolumeNode, mrml_convert.labels_from_any(labels),
+                                     lesion_ids=lesion_ids, model_name=modelName)
+        if created:
+            mrml_convert.place_in_subject_hierarchy(segNode, inputVolumeNode)
+        segNode.CreateClosedSurfaceRepresentation()
+        if statistics is not None:
+            results_table.update_table_node(self.statisticsTableNode(segNode, tableNode), statistics)
+        return segNode
+
+    def processFiles(self, pathsOrFolder, outputFolder, model: Any = None, device: str = "auto", fast: bool = False,
+                     progressCallback: Optional[ProgressCallback] = None, resume: bool = True):
+        """Batch-segment files/folders to ``outputFolder`` (no scene changes); see ``batch.run_batch``."""
+        from .. import batch
+        from ..engine.progress import Progress
+
+        self.cancelEvent.clear()
+        inputs = [pathsOrFolder] if isinstance(pathsOrFolder, (str, os.PathLike)) else list(pathsOrFolder)
+        options = batch.BatchOptions(device=device or "auto", fast=bool(fast))
+        return batch.run_batch(inputs, outputFolder, options=options, bundle=load_bundle(model),
+                               progress=Progress(progressCallback, self.cancelEvent), resume=resume,
+                               cancel_event=self.cancelEvent)

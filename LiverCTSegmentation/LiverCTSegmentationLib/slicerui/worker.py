@@ -1,0 +1,117 @@
+"""Background segmentation worker: run as a script by ``PythonSlicer`` (or any Python with the engine).
+
+    PythonSlicer worker.py --input IN.nrrd --output-dir DIR [--model M] [--device auto] [--fast]
+                           [--roi-lps x0 y0 z0 x1 y1 z1] [--threads N]
+
+Talks to the GUI only through stdout lines ``LIVERCT {json}`` (see
+``runner.WorkerProtocol``) and files in ``--output-dir``:
+``labelmap.nrrd`` (uint8, on the input grid) and ``statistics.json``.
+Exit status: 0 done, 2 user-actionable error (message in an ``error`` event),
+3 cancelled, 1 unexpected bug (traceback on stderr). No Slicer, no Qt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+PREFIX = "LIVERCT "
+
+
+def emit(event: str, **data) -> None:
+    print(PREFIX + json.dumps({"event": event, **data}, default=_jsonable), flush=True)
+
+
+def _jsonable(o):
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+def _import_engine():
+    # worker.py lives in <dir>/LiverCTSegmentationLib/slicerui/; make the package importable.
+    lib_parent = str(Path(__file__).resolve().parents[2])
+    if lib_parent not in sys.path:
+        sys.path.insert(0, lib_parent)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="LiverCTSegmentation background worker")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--model", default="")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--fast", action="store_true")
+    p.add_argument("--roi-lps", type=float, nargs=6, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    _import_engine()
+    from LiverCTSegmentationLib.engine import checks, io, pipeline
+    from LiverCTSegmentationLib.engine.errors import Cancelled, LiverSegError
+    from LiverCTSegmentationLib.engine.progress import Progress
+    from LiverCTSegmentationLib.slicerui.modelchoice import load_bundle
+
+    t0 = time.time()
+    last = [-1.0, ""]
+
+    def on_progress(fraction: float, stage: str) -> None:
+        # Throttle: at most one line per 1% or per stage change.
+        if stage != last[1] or fraction - last[0] >= 0.01 or fraction >= 1.0:
+            last[0], last[1] = fraction, stage
+            emit("progress", fraction=round(float(fraction), 4), stage=stage)
+
+    try:
+        emit("progress", fraction=0.0, stage="loading")
+        vol = io.read_volume(args.input)
+        warnings = list(checks.check_volume(vol))
+        for w in warnings:
+            emit("warning", message=w)
+        bundle = load_bundle(args.model or None)
+        roi = None
+        if args.roi_lps:
+            roi = (tuple(args.roi_lps[:3]), tuple(args.roi_lps[3:]))
+        options = pipeline.SegmentOptions(device=args.device, fast=args.fast, roi_lps=roi, threads=args.threads)
+        res = pipeline.segment(vol, bundle, options, progress=Progress(on_progress))
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        label_path = io.write_volume(res.labelmap, out / "labelmap.nrrd", overwrite=True)
+        stats = res.statistics.to_dict() if hasattr(res.statistics, "to_dict") else res.statistics
+        (out / "statistics.json").write_text(json.dumps(stats, default=_jsonable), encoding="utf-8")
+        for w in getattr(res, "warnings", []) or []:
+            if w not in warnings:
+                emit("warning", message=w)
+        emit("done", labelmap=str(label_path), statistics=stats, labels=bundle.labels,
+             model=f"{bundle.name} {bundle.version}", demo=bool(bundle.demo),
+             timings=getattr(res, "timings", {}), seconds=round(time.time() - t0, 2))
+        return 0
+    except Cancelled as e:
+        emit("error", code="cancelled", message=str(e))
+        return 3
+    except LiverSegError as e:
+        emit("error", code=getattr(e, "code", "error"), message=str(e))
+        return 2
+    except MemoryError:
+        emit("error", code="resource", message="Out of memory. Close other programs, use an ROI, "
+                                                "or tick 'Fast' to segment at lower resolution.")
+        return 2
+    except Exception as e:  # noqa: BLE001 - a bug: readable line + traceback on stderr
+        traceback.print_exc()
+        emit("error", code="bug", message=f"Unexpected error: {type(e).__name__}: {e}")
+        return 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONIOENCODING", "utf-8")
+    sys.exit(main())
