@@ -1,0 +1,140 @@
+"""Sliding-window inference with Gaussian blending (nnU-Net style).
+
+Memory: the class-score accumulator lives only on the (low-resolution) grid
+being processed, e.g. 3 mm whole body or the 1.5 mm liver box: a few tens of
+MB. Networks return logits; the softmax is applied here, per window, and the
+Gaussian-weighted probabilities are summed. The normalising weight sum is the
+same for every class at a voxel, so it is never needed for the arg-max, and
+the arg-max itself is a running comparison (``torch.argmax`` over large
+tensors is very slow on CPU, see docs/ARCHITECTURE.md / performance notes).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from functools import lru_cache
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .device import choose_device, use_bf16  # noqa: F401  (re-exported for callers)
+from .progress import Progress
+
+
+def window_starts(size: int, patch: int, overlap: float) -> list[int]:
+    """Start offsets of windows covering ``[0, size)`` (size >= patch), evenly spread, ends included."""
+    if size <= patch:
+        return [0]
+    step = max(1, int(patch * (1.0 - overlap)))
+    n = int(math.ceil((size - patch) / step)) + 1
+    if n == 1:
+        return [0]
+    actual = (size - patch) / (n - 1)
+    return [int(round(actual * i)) for i in range(n)]
+
+
+@lru_cache(maxsize=8)
+def _gaussian_np(patch: tuple, sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    grids = []
+    for p in patch:
+        c = (p - 1) / 2.0
+        sigma = max(p * sigma_scale, 1e-6)
+        x = np.arange(p, dtype=np.float64)
+        grids.append(np.exp(-0.5 * ((x - c) / sigma) ** 2))
+    g = grids[0][:, None, None] * grids[1][None, :, None] * grids[2][None, None, :]
+    g /= g.max()
+    # no zero weights: edge voxels of a window still count (covered-once voxels stay defined)
+    g = np.maximum(g, max(g[g > 0].min(), 1e-6))
+    return g.astype(np.float32)
+
+
+def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    """Gaussian weights (max 1, strictly positive) of a window; sigma = patch * sigma_scale."""
+    return _gaussian_np(tuple(int(p) for p in patch_size), sigma_scale).copy()
+
+
+def compare_argmax(scores, out=None):
+    """Arg-max over dim 0 of a [C, ...] torch tensor by running comparisons -> uint8 tensor."""
+    import torch
+
+    best = scores[0].clone()
+    cls = torch.zeros(scores.shape[1:], dtype=torch.uint8, device=scores.device)
+    for c in range(1, scores.shape[0]):
+        better = scores[c] > best
+        cls[better] = c
+        torch.maximum(best, scores[c], out=best)
+    return cls
+
+
+def sliding_window_predict(
+    net,
+    image_kji: np.ndarray,
+    patch_size: Sequence[int],
+    n_classes: int,
+    overlap: float = 0.5,
+    batch_size: int = 2,
+    device=None,
+    bf16: bool = False,
+    progress: Optional[Progress] = None,
+    spatial_dims: int = 3,
+    pad_value: Optional[float] = None,
+    channels_last: Optional[bool] = None,
+) -> np.ndarray:
+    """Class map (uint8, same shape as ``image_kji``) of a normalised float32 image.
+
+    ``patch_size`` is (k, j, i); for a 2D network (``spatial_dims=2``) it is
+    ``(1, H, W)`` and each window is one slice. Inputs smaller than a patch
+    are padded with ``pad_value`` (default: the image minimum) and cropped back.
+    """
+    import torch
+
+    device = torch.device(device or "cpu")
+    patch = tuple(int(p) for p in patch_size)
+    img = np.asarray(image_kji, dtype=np.float32)
+    if img.ndim != 3:
+        raise ValueError(f"expected a 3D [k, j, i] image, got shape {img.shape}")
+    orig_shape = img.shape
+    if any(s < p for s, p in zip(img.shape, patch)):
+        pv = float(img.min()) if pad_value is None else float(pad_value)
+        pads = [(0, max(0, p - s)) for s, p in zip(img.shape, patch)]
+        img = np.pad(img, pads, mode="constant", constant_values=pv)
+    shape = img.shape
+    starts = [window_starts(s, p, overlap) for s, p in zip(shape, patch)]
+    windows = [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
+
+    if channels_last is None:
+        channels_last = device.type == "cpu" and spatial_dims == 3
+    weight = torch.from_numpy(gaussian_importance(patch)).to(device)
+    acc = torch.zeros((n_classes,) + shape, dtype=torch.float32, device=device)
+    src = torch.from_numpy(img)
+    if bf16:
+        amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    else:
+        amp = contextlib.nullcontext()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last_3d)
+
+    n_batches = int(math.ceil(len(windows) / max(1, batch_size)))
+    with torch.inference_mode():
+        for bi in range(n_batches):
+            if progress is not None:
+                progress.check()
+            chunk = windows[bi * batch_size:(bi + 1) * batch_size]
+            x = torch.stack([src[a:a + patch[0], b:b + patch[1], c:c + patch[2]] for a, b, c in chunk])
+            x = x.unsqueeze(1).to(device)  # [B, 1, k, j, i]
+            if spatial_dims == 2:
+                x = x[:, :, 0]
+            elif channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            with amp:
+                logits = net(x)
+            if spatial_dims == 2:
+                logits = logits.unsqueeze(2)
+            prob = torch.softmax(logits.float(), dim=1) * weight
+            for (a, b, c), p in zip(chunk, prob):
+                acc[:, a:a + patch[0], b:b + patch[1], c:c + patch[2]] += p
+            if progress is not None:
+                progress.report((bi + 1) / n_batches)
+    cls = compare_argmax(acc)
+    cls = cls[: orig_shape[0], : orig_shape[1], : orig_shape[2]]
+    return np.ascontiguousarray(cls.cpu().numpy())

@@ -1,0 +1,96 @@
+"""Sliding window: exact class maps with a pointwise net, Gaussian weights, cancellation."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from LiverCTSegmentationLib.engine.errors import Cancelled
+from LiverCTSegmentationLib.engine.inference import (
+    compare_argmax, gaussian_importance, sliding_window_predict, window_starts)
+from LiverCTSegmentationLib.engine.progress import Progress
+
+
+class ClassOfValue(torch.nn.Module):
+    """Identity-like: the input value v in {0..C-1} is the class; logits = -10 (x - c)^2."""
+
+    def __init__(self, n: int, dims: int = 3):
+        super().__init__()
+        self.register_buffer("c", torch.arange(n, dtype=torch.float32))
+        self.dims = dims
+
+    def forward(self, x):
+        shape = (1, -1) + (1,) * self.dims
+        return -10.0 * (x - self.c.view(shape)) ** 2
+
+
+def _labels(shape, n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n, size=shape).astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape", [(40, 37, 53), (16, 20, 24), (7, 33, 5), (1, 1, 1)])
+@pytest.mark.parametrize("overlap", [0.0, 0.5])
+def test_identity_like_net_gives_exact_map(shape, overlap):
+    lab = _labels(shape)
+    out = sliding_window_predict(ClassOfValue(3), lab.astype(np.float32), (16, 16, 16), 3,
+                                 overlap=overlap, batch_size=3, device="cpu")
+    assert out.dtype == np.uint8 and out.shape == lab.shape
+    np.testing.assert_array_equal(out, lab)
+
+
+def test_bf16_path_runs_and_matches_for_clear_classes():
+    lab = _labels((20, 20, 20))
+    out = sliding_window_predict(ClassOfValue(3), lab.astype(np.float32), (16, 16, 16), 3, bf16=True)
+    np.testing.assert_array_equal(out, lab)
+
+
+def test_2d_network_slicewise():
+    lab = _labels((5, 30, 19))
+    out = sliding_window_predict(ClassOfValue(3, dims=2), lab.astype(np.float32), (1, 16, 16), 3,
+                                 spatial_dims=2)
+    np.testing.assert_array_equal(out, lab)
+
+
+def test_window_starts_cover_everything():
+    for size in range(16, 100, 7):
+        for ov in (0.0, 0.25, 0.5):
+            s = window_starts(size, 16, ov)
+            assert s[0] == 0 and s[-1] == size - 16
+            assert all(b - a <= 16 for a, b in zip(s, s[1:]))
+
+
+def test_gaussian_weights_symmetric_positive():
+    g = gaussian_importance((16, 24, 9))
+    assert g.shape == (16, 24, 9) and (g > 0).all() and g.max() == pytest.approx(1.0)
+    for ax in range(3):
+        np.testing.assert_allclose(g, np.flip(g, axis=ax), rtol=1e-6)
+    # centre heavier than corner, sigma = patch / 8
+    assert g[8, 12, 4] > 10 * g[0, 0, 0]
+
+
+def test_compare_argmax_equals_argmax():
+    x = torch.randn(4, 9, 10, 11)
+    assert torch.equal(compare_argmax(x).long(), x.argmax(0))
+
+
+def test_cancel_before_and_during():
+    ev = threading.Event()
+    ev.set()
+    with pytest.raises(Cancelled):
+        sliding_window_predict(ClassOfValue(2), np.zeros((40, 40, 40), np.float32), (16, 16, 16), 2,
+                               progress=Progress(None, ev))
+    ev = threading.Event()
+    calls = []
+
+    def cb(f, stage):
+        calls.append(f)
+        if len(calls) == 2:
+            ev.set()
+
+    with pytest.raises(Cancelled):
+        sliding_window_predict(ClassOfValue(2), np.zeros((40, 40, 40), np.float32), (16, 16, 16), 2,
+                               batch_size=1, progress=Progress(cb, ev))
+    assert len(calls) == 2  # stopped right after the batch during which cancel was requested

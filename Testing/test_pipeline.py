@@ -1,0 +1,135 @@
+"""Pipeline: exact input grid, physically correct labels on oblique/flipped inputs, empty result, cancel."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from bundle_fixtures import make_box_bundle, make_tiny_bundle
+from LiverCTSegmentationLib.engine.bundle import ModelBundle
+from LiverCTSegmentationLib.engine.errors import Cancelled, InputError
+from LiverCTSegmentationLib.engine.pipeline import SegmentOptions, segment
+from LiverCTSegmentationLib.engine.progress import Progress
+from LiverCTSegmentationLib.engine.volume import Volume
+
+LIVER_HU = (80.0, 200.0)
+
+
+def rot(axis, deg):
+    a = np.deg2rad(deg)
+    c, s = np.cos(a), np.sin(a)
+    i, j = [(1, 2), (0, 2), (0, 1)][axis]
+    m = np.eye(3)
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
+def dice(a, b):
+    a, b = a > 0, b > 0
+    return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def box_bundle(tmp_path_factory):
+    return ModelBundle.load(make_box_bundle(tmp_path_factory.mktemp("box") / "b", liver_hu=LIVER_HU))
+
+
+def oblique_ras_volume():
+    """Anisotropic, oblique, RAS-flipped (i, j reversed) CT with an off-centre liver-HU ellipsoid."""
+    shape = (40, 96, 110)  # k, j, i
+    k, j, i = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    a = np.full(shape, -100, np.int16)  # fat: outside the liver window
+    body = ((i - 55) / 50.0) ** 2 + ((j - 48) / 44.0) ** 2 <= 1
+    a[np.broadcast_to(body, shape)] = 30  # soft tissue, also outside
+    liver = ((i - 35) / 22.0) ** 2 + ((j - 60) / 20.0) ** 2 + ((k - 18) / 11.0) ** 2 <= 1
+    a[liver] = 130
+    direction = rot(2, 25) @ rot(0, 10) @ np.diag([-1.0, -1.0, 1.0])
+    return Volume(a, (0.9, 0.8, 2.5), (120.0, 80.0, -300.0), direction)
+
+
+def test_oblique_flipped_anisotropic_volume_matches_threshold(box_bundle):
+    vol = oblique_ras_volume()
+    expected = (vol.array > LIVER_HU[0]) & (vol.array < LIVER_HU[1])
+    res = segment(vol, box_bundle, SegmentOptions(device="cpu"))
+    lab = res.labelmap
+    assert lab.same_grid(vol) and lab.array.dtype == np.uint8
+    assert res.warnings == []
+    d = dice(lab.array, expected)
+    assert d > 0.95, d
+    # Negative control: the same labels with one axis flipped (what a sign error in the
+    # geometry would produce) must fail the criterion above.
+    for ax in range(3):
+        assert dice(np.flip(lab.array, axis=ax), expected) < 0.95
+    assert set(res.timings) >= {"preprocess", "coarse", "fine", "postprocess", "total"}
+    assert res.statistics.liver_ml == pytest.approx(expected.sum() * vol.voxel_volume_mm3 / 1000, rel=0.1)
+    assert res.bundle_name == "threshold-box-test"
+
+
+def test_result_follows_the_grid_not_the_frame(box_bundle):
+    """The threshold result is intensity-only, so in index space it must be the same for an
+    identity frame and for the oblique RAS-flipped frame: any frame-dependent slip (a sign
+    error in the fine box or in the paste-back) would break this."""
+    vol = oblique_ras_volume()
+    ident = Volume(vol.array, vol.spacing, vol.origin, np.eye(3))
+    r1 = segment(vol, box_bundle, SegmentOptions(device="cpu")).labelmap.array
+    r2 = segment(ident, box_bundle, SegmentOptions(device="cpu")).labelmap.array
+    assert dice(r1, r2) > 0.97
+
+
+def test_single_stage_fast_and_bf16_off(tmp_path):
+    mb = ModelBundle.load(make_box_bundle(tmp_path / "b", liver_hu=LIVER_HU, two_stage=False))
+    vol = oblique_ras_volume()
+    res = segment(vol, mb, SegmentOptions(device="cpu", fast=True, bf16=False))
+    expected = (vol.array > LIVER_HU[0]) & (vol.array < LIVER_HU[1])
+    assert res.labelmap.same_grid(vol)
+    assert dice(res.labelmap.array, expected) > 0.85  # 3 mm only: coarser boundary
+    assert "fine" not in res.timings
+
+
+def test_no_liver_gives_empty_result_with_warning(box_bundle):
+    vol = Volume(np.full((20, 30, 30), -500, np.int16), (1.5, 1.5, 2.0))
+    res = segment(vol, box_bundle, SegmentOptions(device="cpu"))
+    assert res.labelmap.same_grid(vol) and not res.labelmap.array.any()
+    assert any("No liver found" in w for w in res.warnings)
+
+
+def test_roi_restricts_search(box_bundle):
+    vol = oblique_ras_volume()
+    # ROI around a corner of the image far from the ellipsoid
+    corner = vol.physical_points(np.array([[100, 5, 2], [109, 15, 8]]))
+    res = segment(vol, box_bundle, SegmentOptions(device="cpu", roi_lps=(corner.min(0), corner.max(0))))
+    assert not res.labelmap.array.any() and res.labelmap.same_grid(vol)
+    with pytest.raises(InputError, match="region of interest"):
+        segment(vol, box_bundle, SegmentOptions(device="cpu", roi_lps=((1e4, 1e4, 1e4), (1e4 + 1, 1e4 + 1, 1e4 + 1))))
+
+
+def test_tiny_random_bundle_plumbing(tmp_path):
+    mb = ModelBundle.load(make_tiny_bundle(tmp_path / "t"))
+    vol = Volume(np.random.default_rng(0).integers(-200, 300, (24, 50, 60)).astype(np.int16), (1.2, 1.2, 3.0))
+    res = segment(vol, mb, SegmentOptions(device="cpu"))
+    assert res.labelmap.same_grid(vol) and res.labelmap.array.dtype == np.uint8
+    assert set(np.unique(res.labelmap.array)) <= {0, 1, 2}
+
+
+def test_cancel_and_progress(box_bundle):
+    vol = oblique_ras_volume()
+    seen = []
+    segment(vol, box_bundle, SegmentOptions(device="cpu"), Progress(lambda f, s: seen.append((f, s))))
+    fr = [f for f, _ in seen]
+    assert fr == sorted(fr) and fr[-1] == 1.0 and {"coarse", "fine"} <= {s for _, s in seen}
+    ev = threading.Event()
+    ev.set()
+    with pytest.raises(Cancelled):
+        segment(vol, box_bundle, SegmentOptions(device="cpu"), Progress(None, ev))
+
+
+def test_unavailable_device_message(box_bundle):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from LiverCTSegmentationLib.engine.errors import ResourceError
+
+    with pytest.raises(ResourceError, match="cpu"):
+        segment(oblique_ras_volume(), box_bundle, SegmentOptions(device="cuda"))

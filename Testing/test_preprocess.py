@@ -1,0 +1,87 @@
+"""Preprocessing: resampling through physical space, normalisation, crop/pad."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from LiverCTSegmentationLib.engine.preprocess import (
+    crop_box, normalise, pad_to_multiple, resample_labels_to_reference, resample_like, resample_to_spacing)
+from LiverCTSegmentationLib.engine.volume import Volume
+
+
+def rot(axis, deg):
+    a = np.deg2rad(deg)
+    c, s = np.cos(a), np.sin(a)
+    i, j = [(1, 2), (0, 2), (0, 1)][axis]
+    m = np.eye(3)
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
+def centroid_lps(vol: Volume, mask) -> np.ndarray:
+    k, j, i = np.nonzero(mask)
+    return vol.physical_points(np.c_[i, j, k]).mean(axis=0)
+
+
+def test_resample_to_spacing_keeps_field_of_view():
+    v = Volume(np.zeros((30, 40, 50), np.int16), (0.8, 0.8, 2.0), (1, 2, 3), rot(2, 30))
+    r = resample_to_spacing(v, (2.0, 2.0, 2.0))
+    assert r.shape_kji == (30, 16, 20) and r.array.dtype == np.float32
+    np.testing.assert_allclose(r.direction, v.direction)
+    # the first voxel's outer corner is preserved
+    c0 = v.physical_points(np.array([[-0.5, -0.5, -0.5]]))
+    c1 = r.physical_points(np.array([[-0.5, -0.5, -0.5]]))
+    np.testing.assert_allclose(c0, c1, atol=1e-6)
+
+
+def test_nearest_labels_keep_dtype_and_position():
+    a = np.zeros((20, 40, 40), np.uint8)
+    a[5:12, 10:20, 22:35] = 2
+    v = Volume(a, (1.0, 1.0, 2.0), (0, 0, 0), rot(0, 15))
+    r = resample_to_spacing(v, (2.0, 2.0, 2.0), "nearest")
+    assert r.array.dtype == np.uint8 and set(np.unique(r.array)) <= {0, 2}
+    np.testing.assert_allclose(centroid_lps(v, a > 0), centroid_lps(r, r.array > 0), atol=1.0)
+
+
+def test_resample_like_flipped_and_oblique_grids():
+    a = np.zeros((30, 30, 30), np.uint8)
+    a[4:10, 6:20, 15:27] = 1
+    src = Volume(a, (1.0, 1.0, 1.0), (0, 0, 0), np.eye(3))
+    # reference: RAS-flipped (i and j reversed), rotated, anisotropic; covering the same region
+    d = rot(2, 20) @ np.diag([-1.0, -1.0, 1.0])
+    ref = Volume(np.zeros((40, 60, 60), np.int16), (0.7, 0.7, 1.0), (35, 35, -5), d)
+    out = resample_like(src, ref)
+    assert out.same_grid(ref) and out.array.dtype == np.uint8
+    np.testing.assert_allclose(centroid_lps(src, a > 0), centroid_lps(out, out.array > 0), atol=0.6)
+    vol_src = (a > 0).sum() * 1.0
+    vol_out = (out.array > 0).sum() * 0.7 * 0.7
+    assert vol_out == pytest.approx(vol_src, rel=0.1)
+    fast = resample_labels_to_reference(src, ref)
+    np.testing.assert_array_equal(fast.array, out.array)
+    assert fast.same_grid(ref)
+
+
+def test_resample_labels_partial_overlap_and_outside():
+    ref = Volume(np.zeros((10, 10, 10), np.int16))
+    lab = Volume(np.ones((4, 4, 4), np.uint8), origin=(8, 8, 8))
+    out = resample_labels_to_reference(lab, ref)
+    assert out.array.sum() == 8 and out.array[8:, 8:, 8:].all()
+    far = Volume(np.ones((4, 4, 4), np.uint8), origin=(100, 0, 0))
+    assert resample_labels_to_reference(far, ref).array.sum() == 0
+
+
+def test_normalise():
+    x = np.array([-1000, 0, 50, 1000], np.int16)
+    y = normalise(x, {"clip": [-200, 300], "mean": 50, "std": 125})
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, [-2.0, -0.4, 0.0, 2.0])
+    assert x[0] == -1000  # input untouched
+
+
+def test_crop_box_origin_and_pad():
+    v = Volume(np.arange(1000).reshape(10, 10, 10), (1, 2, 3), (5, 5, 5), rot(1, 10))
+    c = crop_box(v, (2, 3, 4), (5, 6, 7))
+    assert c.shape_kji == (4, 4, 4) and c.array[0, 0, 0] == v.array[4, 3, 2]
+    np.testing.assert_allclose(c.physical_points(np.zeros((1, 3))), v.physical_points(np.array([[2, 3, 4]])))
+    p, shape = pad_to_multiple(np.ones((5, 6, 7)), (4, 4, 4), value=-1)
+    assert p.shape == (8, 8, 8) and shape == (5, 6, 7) and p[7, 7, 7] == -1
