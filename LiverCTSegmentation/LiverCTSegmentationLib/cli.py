@@ -1,0 +1,312 @@
+"""``liverseg``: segment the liver and liver tumours in CT files from the command line.
+
+    liverseg                          # demo: bundled sample CT -> ./liverseg-demo-output/
+    liverseg ct1.nii.gz dicom_dir/ -o results/
+    liverseg list-models | liverseg download-model NAME
+
+Exit codes: 0 all cases ok (or skipped as already done), 1 some case failed,
+2 usage/setup error (bad option, no inputs found, model unusable, output folder
+unwritable), 130 cancelled with Ctrl-C (completed cases are kept; rerun to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import __version__
+from .engine.errors import Cancelled, LiverSegError
+
+SAMPLE_CT = Path(__file__).resolve().parent.parent / "Resources" / "Samples" / "phantom_ct.nii.gz"
+DEMO_OUTDIR = "liverseg-demo-output"
+DEFAULT_OUTDIR = "liverseg-output"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def _err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="liverseg",
+        description="Segment the liver and liver tumours in abdominal CT volumes. "
+        "Without inputs, runs the demo on the bundled sample CT. "
+        "Research use only; the default model is a demo trained on synthetic phantoms.",
+        epilog="Other commands: 'liverseg list-models', 'liverseg download-model NAME'. "
+        "Exit codes: 0 ok, 1 some case failed, 2 usage error, 130 cancelled.",
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="CT files (.nii, .nii.gz, .nrrd, .mha, .mhd), folders of them, or DICOM series folders")
+    p.add_argument("-o", "--output", metavar="OUTDIR",
+                   help=f"output folder (default ./{DEFAULT_OUTDIR}, or ./{DEMO_OUTDIR} for the demo)")
+    p.add_argument("--model", metavar="NAME|PATH", help="model name, bundle folder or .zip (default: bundled model)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--fast", action="store_true", help="less window overlap: faster, slightly less accurate")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for inference")
+    p.add_argument("--format", choices=["nifti", "nrrd"], default="nifti", help="labelmap file format")
+    p.add_argument("--no-seg-nrrd", action="store_true", help="do not write the Slicer .seg.nrrd")
+    p.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True, help="write a PNG preview")
+    p.add_argument("--overwrite", action="store_true", help="recompute and replace existing results")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip cases whose results are complete and current (default)")
+    p.add_argument("--report", metavar="CSV", default="report.csv",
+                   help="CSV report; a bare file name is placed in OUTDIR (default report.csv)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-case lines")
+    p.add_argument("--json", action="store_true", help="print the per-case results and statistics as JSON")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    p.add_argument("--list-models", action="store_true", help="list available models and exit")
+    p.add_argument("--version", action="version", version=f"liverseg {__version__}")
+    return p
+
+
+# --------------------------------------------------------------------- subcommands
+def _list_models(as_json: bool = False) -> int:
+    from . import models
+
+    try:
+        infos = models.list_models()
+    except LiverSegError as err:
+        _err(str(err))
+        return EXIT_USAGE
+    rows = []
+    for m in infos:
+        d = m.to_dict() if hasattr(m, "to_dict") else (dict(vars(m)) if hasattr(m, "__dict__") else dict(m))
+        rows.append({k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()})
+    if as_json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    default = None
+    try:
+        default = Path(models.default_bundle_dir()).name
+    except Exception:  # noqa: BLE001 - listing must work even without a default
+        pass
+    if not rows:
+        print("no models found")
+    for d in rows:
+        status = d.get("status") or ("bundled" if d.get("bundled") else ("installed" if d.get("installed") else
+                                                                          "downloadable"))
+        star = " (default)" if d.get("name") == default else ""
+        print(f"{d.get('name', '?')}  {d.get('version', '') or ''}  [{status}]{star}")
+        if d.get("description"):
+            print(f"    {d['description']}")
+    return EXIT_OK
+
+
+def _download_model(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="liverseg download-model", description="Download and install a model.")
+    p.add_argument("name")
+    p.add_argument("--debug", action="store_true")
+    a = p.parse_args(argv)
+    from . import models
+
+    bar = _Bar(sys.stderr.isatty())
+    try:
+        path = models.download_model(a.name, progress=lambda f, s="download": bar(f, f"{a.name}: {s}"))
+    except LiverSegError as err:
+        bar.close()
+        _err(str(err))
+        return EXIT_FAILED
+    except Exception as err:  # noqa: BLE001
+        bar.close()
+        _err(f"unexpected error ({type(err).__name__}: {err}); rerun with --debug for the traceback")
+        if a.debug:
+            traceback.print_exc()
+        return EXIT_FAILED
+    bar.close()
+    print(f"installed {a.name} at {path}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- progress
+class _Bar:
+    """tqdm bar on stderr driven by the batch progress callback (fraction, stage)."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        self._last = 0.0
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=1000, file=sys.stderr, unit="‰", leave=False, dynamic_ncols=True,
+                                bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}")
+            except ImportError:  # pragma: no cover
+                self.bar = None
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        if self.bar is None:
+            return
+        n = int(round(min(max(fraction, 0.0), 1.0) * 1000))
+        if n > self.bar.n:
+            self.bar.n = n
+        self.bar.set_description_str(stage[:60], refresh=False)
+        now = time.monotonic()
+        if now - self._last >= 0.1:  # explicit, throttled redraw (stage names change often)
+            self._last = now
+            self.bar.refresh()
+
+    def write(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _summary_line(r) -> str:  # r: CaseResult
+    s = r.statistics or {}
+    if r.status == "failed":
+        return f"{r.case}: FAILED"
+    stats = ""
+    if s:
+        n = int(s.get("tumor_count", 0) or 0)
+        stats = (f"liver {float(s.get('liver_ml', 0)):.1f} mL, {n} tumour{'s' if n != 1 else ''} "
+                 f"{float(s.get('tumor_ml', 0) or 0):.1f} mL ({float(s.get('burden_percent', 0) or 0):.1f}%)")
+    tag = "skipped (already done)" if r.status == "skipped" else f"ok in {r.seconds_total:.1f} s"
+    return f"{r.case}: {tag}" + (f" - {stats}" if stats else "")
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point; returns the exit code (see the module docstring)."""
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # Ctrl-C outside the batch (e.g. while loading the model)
+        _err("cancelled.")
+        return EXIT_CANCELLED
+
+
+def _main(argv: list) -> int:
+    if argv and argv[0] == "list-models":
+        return _list_models(as_json="--json" in argv[1:])
+    if argv and argv[0] == "download-model":
+        return _download_model(argv[1:])
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: 0 for --help/--version, 2 for usage errors
+        return int(e.code or 0)
+    if args.list_models:
+        return _list_models(as_json=args.json)
+    if args.threads is not None and args.threads < 1:
+        _err("--threads must be at least 1")
+        return EXIT_USAGE
+
+    demo = not args.inputs
+    if demo:
+        if not SAMPLE_CT.is_file():
+            _err(f"the bundled sample CT is missing ({SAMPLE_CT}). Reinstall, or give input files.")
+            return EXIT_USAGE
+        inputs = [SAMPLE_CT]
+        outdir = Path(args.output or DEMO_OUTDIR)
+    else:
+        inputs = [Path(i) for i in args.inputs]
+        outdir = Path(args.output or DEFAULT_OUTDIR)
+
+    from . import batch
+    from .engine.bundle import ModelBundle
+
+    try:
+        if args.model and Path(args.model).is_dir():
+            model_dir = Path(args.model)  # a bundle folder needs no registry
+        else:
+            from . import models
+
+            model_dir = models.resolve_model(args.model) if args.model else models.default_bundle_dir()
+        bundle = ModelBundle.load(Path(model_dir))
+    except LiverSegError as err:
+        _err(f"model: {err}")
+        return EXIT_USAGE
+    except Exception as err:  # noqa: BLE001
+        _err(f"model: unexpected error ({type(err).__name__}: {err}); rerun with --debug for the traceback")
+        if args.debug:
+            traceback.print_exc()
+        return EXIT_USAGE
+
+    if args.threads:
+        try:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        except ImportError:  # pragma: no cover
+            pass
+
+    options = batch.BatchOptions(
+        device=args.device, fast=args.fast, threads=args.threads, label_format=args.format,
+        write_seg_nrrd=not args.no_seg_nrrd, overlay=args.overlay, report_name=args.report,
+    )
+    show_progress = not args.quiet and sys.stderr.isatty()
+    bar = _Bar(show_progress)
+    cancel = threading.Event()
+
+    def on_case_done(r) -> None:
+        if r.status == "failed":
+            if r.error_kind == "internal":
+                bar.write(f"error: {r.case}: {r.error}; rerun with --debug for the traceback")
+                if args.debug and r.traceback:
+                    bar.write(r.traceback.rstrip())
+            else:
+                bar.write(f"error: {r.case}: {r.error}")
+        elif not args.quiet:
+            bar.write(_summary_line(r))
+
+    if getattr(bundle, "demo", False) and not args.quiet:
+        print(f"note: model '{bundle.name}' is a demo trained on synthetic phantoms; not for real patients.",
+              file=sys.stderr)
+    try:
+        results = batch.run_batch(inputs, outdir, options, bundle, progress=bar, resume=args.resume,
+                                  overwrite=args.overwrite, cancel_event=cancel, on_case_done=on_case_done)
+    except KeyboardInterrupt:
+        cancel.set()
+        bar.close()
+        _err("cancelled. Completed cases are kept; rerun the same command to resume.")
+        return EXIT_CANCELLED
+    except Cancelled as err:
+        bar.close()
+        _err(str(err))
+        return EXIT_CANCELLED
+    except LiverSegError as err:
+        bar.close()
+        _err(str(err))
+        return EXIT_USAGE
+    except Exception as err:  # noqa: BLE001
+        bar.close()
+        _err(f"unexpected error ({type(err).__name__}: {err}); rerun with --debug for the traceback")
+        if args.debug:
+            traceback.print_exc()
+        return EXIT_FAILED
+    bar.close()
+
+    n_failed = sum(r.status == "failed" for r in results)
+    report = batch.report_path(outdir.absolute(), options)
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.to_dict().items() if k != "traceback"} for r in results],
+                         indent=2, ensure_ascii=False))
+    elif not args.quiet:
+        ok = sum(r.status == "ok" for r in results)
+        skipped = sum(r.status == "skipped" for r in results)
+        print(f"{ok} ok, {skipped} skipped, {n_failed} failed. Report: {report}")
+        if demo and results and results[0].ok:
+            r = results[0]
+            folder = outdir.absolute() / r.case
+            print(f"Demo results in {folder}")
+            if r.outputs.get("overlay"):
+                print(f"Overlay picture: {outdir.absolute() / r.outputs['overlay']}")
+            if r.outputs.get("seg"):
+                print(f"Open {outdir.absolute() / r.outputs['seg']} in 3D Slicer to edit the segments.")
+    return EXIT_FAILED if n_failed else EXIT_OK
+
+
+if __name__ == "__main__":  # python -m LiverCTSegmentationLib.cli
+    sys.exit(main())
