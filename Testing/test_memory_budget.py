@@ -1,0 +1,100 @@
+"""Memory budget: too-large volumes are refused before any big allocation, and
+the pipeline's own working memory stays within what ``checks`` budgets for.
+
+Huge-looking volumes are zero-stride numpy views (``np.broadcast_to``), so a
+16 GB "CT" costs a few bytes; ``tracemalloc`` (which numpy reports its buffers
+to) proves the refusal itself allocates almost nothing. test_checks.py already
+covers that the limit is applied; these tests cover *when* and *at what cost*.
+"""
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from LiverCTSegmentationLib.engine import checks
+from LiverCTSegmentationLib.engine.errors import ResourceError
+from LiverCTSegmentationLib.engine.volume import Volume
+
+SMALL_BUDGET = 2 << 30  # 2 GiB
+ONE_MB = 1 << 20
+
+
+def _traced_peak(fn) -> tuple[int, BaseException | None]:
+    """Peak bytes allocated (numpy + Python) while ``fn`` runs, and what it raised."""
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    err = None
+    try:
+        fn()
+    except BaseException as e:  # noqa: BLE001 - returned to the test
+        err = e
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    return peak, err
+
+
+@pytest.mark.parametrize("dtype,fill", [(np.int16, -1000), (np.float32, np.nan), (np.float64, 40.0)])
+def test_huge_volume_is_refused_from_its_shape_alone(dtype, fill) -> None:
+    # 2000^3 voxels: 16-64 GB if it were real; the NaN variant also proves the memory check
+    # runs before the full-array NaN scan (which would take minutes on a real array).
+    huge = Volume(np.broadcast_to(np.asarray(fill, dtype=dtype), (2000, 2000, 2000)), (0.8, 0.8, 1.0))
+    t = time.perf_counter()
+    peak, err = _traced_peak(lambda: checks.check_volume(huge, available_bytes=SMALL_BUDGET))
+    assert time.perf_counter() - t < 2.0
+    assert isinstance(err, ResourceError), err
+    msg = str(err)
+    assert "memory" in msg and "2.0 GB" in msg and "Crop" in msg
+    assert peak < ONE_MB, f"refusal allocated {peak / ONE_MB:.1f} MB"
+
+
+def test_refusal_of_a_real_array_allocates_nothing_proportional_to_it() -> None:
+    arr = np.full((96, 256, 256), -1000, np.int16)  # 12 MB, really allocated
+    vol = Volume(arr, (0.8, 0.8, 1.0))
+    need = checks.estimate_peak_bytes(arr.shape)
+    peak, err = _traced_peak(lambda: checks.check_volume(vol, available_bytes=need - 1))
+    assert isinstance(err, ResourceError)
+    assert peak < arr.nbytes // 100, f"refusal allocated {peak} bytes for a {arr.nbytes} byte image"
+    # one byte more budget: the same image passes the memory gate (and fails later, on content)
+    _peak, err = _traced_peak(lambda: checks.check_volume(vol, available_bytes=need))
+    assert not isinstance(err, ResourceError)
+
+
+def test_estimate_grows_linearly_with_voxels() -> None:
+    base = checks.estimate_peak_bytes((100, 512, 512)) - checks.FIXED_OVERHEAD_BYTES
+    for n in (300, 600):
+        extra = checks.estimate_peak_bytes((n, 512, 512)) - checks.FIXED_OVERHEAD_BYTES
+        assert extra == base * n // 100
+    # a 512x512x300 CT must fit the 1 GB benchmark target's budget class (see bench/RESULTS.md)
+    assert checks.estimate_peak_bytes((300, 512, 512)) < 2 << 30
+
+
+def test_pipeline_numpy_working_memory_stays_within_the_per_voxel_budget(tmp_path) -> None:
+    """The pipeline's numpy peak (torch/ITK buffers are not traced) is below the per-voxel
+    budget that ``checks`` reserves: it never holds full-resolution float arrays."""
+    from bundle_fixtures import make_box_bundle
+    from LiverCTSegmentationLib.engine import pipeline
+    from LiverCTSegmentationLib.engine.bundle import ModelBundle
+
+    mb = ModelBundle.load(make_box_bundle(tmp_path / "box", liver_hu=(60.0, 200.0), coarse_spacing=4.0,
+                                          fine_spacing=2.0, margin_mm=8.0))
+    shape = (64, 128, 128)
+    k, j, i = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    ct = np.full(shape, -1000, np.int16)
+    ct[:, (((i - 64) / 50.0) ** 2 + ((j - 64) / 45.0) ** 2 < 1)[0]] = 40
+    ct[((i - 50) / 30.0) ** 2 + ((j - 60) / 25.0) ** 2 + ((k - 32) / 20.0) ** 2 < 1] = 120
+    vol = Volume(ct, (1.5, 1.5, 1.5))
+    opts = pipeline.SegmentOptions(device="cpu", overlap=0.25)
+    pipeline.segment(vol, mb, opts)  # warm-up: lazy imports and network cache are not per-image costs
+    result: list = []
+    peak, err = _traced_peak(lambda: result.append(pipeline.segment(vol, mb, opts)))
+    assert err is None, err
+    labels = result[0].labelmap.array
+    assert (labels == 1).sum() > 1000  # it really segmented something
+    per_voxel = peak / ct.size
+    assert per_voxel < checks.BYTES_PER_VOXEL, f"{per_voxel:.1f} bytes/voxel traced"
+    # stricter: not even one float32 copy of the input grid (measured ~2.4: uint8 labels + lesion ids)
+    assert per_voxel < 4.0, f"{per_voxel:.1f} bytes/voxel: a full-resolution float array was allocated"

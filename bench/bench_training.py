@@ -1,0 +1,116 @@
+"""Training throughput (patches per second) of every preset in training/configs.
+
+For each preset and stage: the preset's network, patch size, batch size, loss
+and optimizer; forward + backward + optimizer step on random patches (data
+loading and augmentation excluded: this is the compute ceiling). Warm-up steps
+are not timed. Each stage runs in its own process so peak RSS is per stage.
+
+    OMP_NUM_THREADS=2 python bench/bench_training.py --threads 2
+    python bench/bench_training.py --device cuda       # on a GPU machine
+    python bench/bench_training.py --quick             # 1 timed step, patches capped at 48 voxels per axis
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+CONFIGS = C.ROOT / "training" / "configs"
+
+
+def worker(preset: str, stage: str, device: str, threads: int, steps: int, cap: int) -> None:
+    import torch
+
+    from liverct_training.config import load_config
+    from liverct_training.losses import build_loss
+    from liverct_training.train import build_optimizer
+    from LiverCTSegmentationLib.engine.networks import build_network, spatial_dims
+
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    cfg = load_config(CONFIGS / f"{preset}.yaml")
+    st, t = cfg["stages"][stage], cfg["train"]
+    arch = st["architecture"]
+    dims = spatial_dims(arch)
+    patch = [min(int(p), cap) if cap else int(p) for p in st["patch_size"]][3 - dims:]
+    bs = int(t["batch_size"])
+    n_cls = int(arch["out_channels"])
+    torch.manual_seed(0)
+    net = build_network(arch).to(dev).train()
+    opt = build_optimizer(net, t)
+    loss_fn = build_loss(t.get("loss", "dice_ce"), st.get("train", {}).get("class_weights"))
+    x = torch.randn(bs, 1, *patch, device=dev)
+    y = torch.randint(0, n_cls, (bs, *patch), device=dev)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up (allocator, cudnn autotune)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    params = sum(p.numel() for p in net.parameters())
+    print(json.dumps({"patch": patch, "batch": bs, "sec_per_step": dt / steps, "patches_per_s": bs * steps / dt,
+                      "params_M": params / 1e6, "arch": arch["name"], "channels": arch.get("channels")}))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5, help="timed optimizer steps per stage")
+    ap.add_argument("--presets", nargs="+", help="preset names (default: all in training/configs)")
+    ap.add_argument("--quick", action="store_true", help="1 timed step, patch edges capped at 48")
+    ap.add_argument("--save", action="store_true", help="append the output to bench/RESULTS.md")
+    ap.add_argument("--worker", nargs=2, metavar=("PRESET", "STAGE"), help=argparse.SUPPRESS)
+    ap.add_argument("--cap", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(*args.worker, device=args.device, threads=args.threads, steps=args.steps, cap=args.cap)
+        return 0
+
+    from liverct_training.config import load_config
+
+    steps, cap = (1, 48) if args.quick else (args.steps, 0)
+    presets = args.presets or sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    lines = [f"## Training throughput, device {args.device}{' (QUICK: patches capped at 48)' if args.quick else ''}",
+             "", "command: `" + " ".join(["python bench/bench_training.py"] + (argv or sys.argv[1:])) + "`",
+             f"machine: {C.machine_line(args.threads)}",
+             f"forward + backward + optimizer step on random patches, {steps} timed step(s) after 1 warm-up; "
+             "data loading/augmentation excluded"]
+    rows = []
+    for preset in presets:
+        for stage in load_config(CONFIGS / f"{preset}.yaml")["stages"]:
+            m = C.measure([sys.executable, __file__, "--worker", preset, stage, "--device", args.device,
+                           "--threads", str(args.threads), "--steps", str(steps), "--cap", str(cap)], args.threads)
+            if m.returncode != 0:
+                rows.append([preset, stage, "-", "-", "-", "-", "-", f"FAILED: {m.stderr.strip().splitlines()[-1:]}"])
+                continue
+            r = json.loads(m.stdout.strip().splitlines()[-1])
+            rows.append([preset, stage, f"{r['arch']} {r['channels']}", "x".join(map(str, r["patch"])), r["batch"],
+                         r["patches_per_s"], r["sec_per_step"], f"{m.peak_rss_mb:.0f}"])
+    lines += ["", C.table(rows, ["preset", "stage", "network", "patch", "batch", "patches/s", "s/step",
+                                 "peak RSS MB"])]
+    text = "\n".join(lines)
+    print(text)
+    if args.save:
+        with open(Path(__file__).parent / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write(f"\n\n<!-- {time.strftime('%Y-%m-%d %H:%M')} -->\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
