@@ -241,7 +241,7 @@ CORPUS: dict[str, tuple[Builder, tuple[str, ...]]] = {
 # by ITK/niftilib with that spacing silently replaced by 1 mm, so it is segmented with a wrong
 # geometry (volumes in mL off by the factor). io._check_nifti should reject pixdim[1:4] <= 0 or
 # non-finite. strict=True: these start failing (XPASS) as soon as the reader is fixed.
-KNOWN_BUGS = {"zero_spacing", "nan_spacing"}
+KNOWN_BUGS: set[str] = set()  # zero_spacing / nan_spacing fixed in io._check_nifti
 _BUG = pytest.mark.xfail(strict=True, reason="engine.io accepts NIfTI pixdim 0/NaN as 1 mm (see KNOWN_BUGS)")
 
 

@@ -94,3 +94,50 @@ def test_cancel_before_and_during():
         sliding_window_predict(ClassOfValue(2), np.zeros((40, 40, 40), np.float32), (16, 16, 16), 2,
                                batch_size=1, progress=Progress(cb, ev))
     assert len(calls) == 2  # stopped right after the batch during which cancel was requested
+
+
+class CountingNet(ClassOfValue):
+    """ClassOfValue that records the spatial shape of every batch it sees."""
+
+    def __init__(self, n: int):
+        super().__init__(n)
+        self.calls: list = []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape))
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("shape", [(40, 37, 53), (7, 33, 5)])
+def test_single_window_is_one_pass_padded_to_divisor_and_exact(shape):
+    lab = _labels(shape)
+    net = CountingNet(3)
+    out = sliding_window_predict(net, lab.astype(np.float32), (16, 16, 16), 3, max_window_voxels=10**6, divisor=8)
+    np.testing.assert_array_equal(out, lab)
+    assert len(net.calls) == 1
+    padded = net.calls[0][2:]
+    assert all(p % 8 == 0 and p >= max(s, 16) and p - max(s, 16) < 8 for p, s in zip(padded, shape))
+
+
+def test_region_over_budget_uses_few_enlarged_windows_and_stays_exact():
+    lab = _labels((64, 40, 72))
+    net = CountingNet(3)
+    budget = 40 * 40 * 48
+    out = sliding_window_predict(net, lab.astype(np.float32), (16, 16, 16), 3, overlap=0.5,
+                                 max_window_voxels=budget, divisor=8)
+    np.testing.assert_array_equal(out, lab)
+    tiled = CountingNet(3)
+    sliding_window_predict(tiled, lab.astype(np.float32), (16, 16, 16), 3, overlap=0.5, batch_size=1)
+    assert 1 < len(net.calls) < len(tiled.calls) // 10
+    for c in net.calls:
+        assert c[0] == 1 and int(np.prod(c[2:])) <= budget and all(s % 8 == 0 for s in c[2:])
+
+
+def test_enlarged_window_bounds():
+    from LiverCTSegmentationLib.engine.inference import enlarged_window
+
+    assert enlarged_window((176, 144, 176), (96, 96, 96), 16, 10**9) == (176, 144, 176)
+    for budget in (10**5, 10**6, 2 * 10**6, 4 * 10**6):
+        w = enlarged_window((176, 144, 176), (96, 96, 96), 16, budget)
+        assert all(s % 16 == 0 and 96 <= s <= m for s, m in zip(w, (176, 144, 176)))
+        assert int(np.prod(w)) <= budget or w == (96, 96, 96)

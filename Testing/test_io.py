@@ -200,3 +200,22 @@ def test_detached_header_formats(tmp_path: Path, ext: str) -> None:
     data_files[0].unlink()
     with pytest.raises(InputError, match="missing"):
         io.read_volume(tmp_path / f"img{ext}")
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_nifti_with_invalid_pixdim_is_rejected(tmp_path: Path, bad: float, ext: str) -> None:
+    # ITK would silently read these as 1 mm; the header itself must be checked.
+    import nibabel as nib
+
+    raw = tmp_path / "src.nii"
+    nib.save(nib.Nifti1Image(np.zeros((8, 9, 10), np.int16), np.diag([0.8, 0.8, 1.0, 1.0])), str(raw))
+    data = bytearray(raw.read_bytes())  # nibabel's writer would "fix" pixdim, so patch the bytes
+    struct.pack_into("<f", data, 76 + 4 * 2, bad)  # pixdim[2] (j spacing), NIfTI-1 header offset 76
+    p = tmp_path / f"bad{ext}"
+    p.write_bytes(gzip.compress(bytes(data)) if ext == ".nii.gz" else bytes(data))
+    with pytest.raises(InputError, match="invalid voxel spacing"):
+        io.read_volume(p)
+    good = tmp_path / f"good{ext}"
+    nib.save(nib.Nifti1Image(np.zeros((8, 9, 10), np.int16), np.diag([0.8, 0.8, 1.0, 1.0])), str(good))
+    assert io.read_volume(good).spacing == pytest.approx((0.8, 0.8, 1.0))

@@ -133,3 +133,24 @@ def test_unavailable_device_message(box_bundle):
 
     with pytest.raises(ResourceError, match="cpu"):
         segment(oblique_ras_volume(), box_bundle, SegmentOptions(device="cuda"))
+
+
+def test_bundle_load_does_not_import_torch(tmp_path):
+    # The CLI's resume path loads the bundle but may never build a network: torch must stay unimported.
+    import subprocess
+    import sys
+
+    folder = make_tiny_bundle(tmp_path / "tiny")
+    code = ("import sys; from LiverCTSegmentationLib.engine.bundle import ModelBundle; "
+            f"mb = ModelBundle.load({str(folder)!r}); assert mb.stages; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_single_window_and_tiled_inference_agree_on_a_clear_image(box_bundle):
+    vol = Volume(np.full((30, 40, 44), -100, np.int16), (2.0, 2.0, 3.0))
+    vol.array[5:25, 8:30, 6:36] = 120
+    one = segment(vol, box_bundle, SegmentOptions(device="cpu"))
+    tiled = segment(vol, box_bundle, SegmentOptions(device="cpu", max_window_voxels=0))
+    assert one.labelmap.array.any()
+    assert dice(one.labelmap.array > 0, tiled.labelmap.array > 0) > 0.99

@@ -132,3 +132,29 @@ def test_to_dict_and_rows_are_flat_json() -> None:
     assert set(rows[0]) == {"index", "volume_ml", "longest_axial_diameter_mm",
                             "centroid_l_mm", "centroid_p_mm", "centroid_s_mm"}
     json.dumps({"summary": d, "lesions": rows})
+
+
+def test_statistics_do_not_depend_on_empty_surroundings() -> None:
+    # compute_statistics works on the labels' bounding box: embedding the same labels in a larger
+    # empty oblique grid (origin moved accordingly) must give identical numbers and centroids.
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(3)
+    small = np.zeros((12, 14, 16), np.uint8)
+    small[1:11, 2:13, 1:15] = 1
+    small[(rng.random(small.shape) > 0.93) & (small == 1)] = 2
+    small[3:6, 4:8, 5:9] = 2
+    d = Rotation.from_euler("xyz", [10, -20, 35], degrees=True).as_matrix()
+    sp = (0.7, 0.9, 2.5)
+    a = Volume(small, sp, (5.0, -3.0, 12.0), d)
+    big = np.zeros((40, 50, 60), np.uint8)
+    big[20:32, 7:21, 30:46] = small
+    origin_big = np.asarray(a.origin) - d @ (np.array([30, 7, 20]) * np.asarray(sp))
+    b = Volume(big, sp, tuple(origin_big), d)
+    sa, sb = compute_statistics(a), compute_statistics(b)
+    assert sa.tumor_count > 3
+    assert sa.to_dict() == sb.to_dict()
+    for la, lb in zip(sa.lesions, sb.lesions):
+        assert la.index == lb.index and la.volume_ml == pytest.approx(lb.volume_ml)
+        assert la.centroid_lps == pytest.approx(lb.centroid_lps, abs=1e-6)
+    assert np.array_equal(label_lesions(b)[20:32, 7:21, 30:46], label_lesions(a))

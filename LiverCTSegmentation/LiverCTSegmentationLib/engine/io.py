@@ -124,6 +124,20 @@ def _check_nifti(p: Path) -> None:
         hdr = nib.load(str(p)).header
     except Exception as e:  # nibabel raises many types for bad headers
         raise InputError(f"'{p}' is not a valid NIfTI file ({e}). Check the file type or re-export it.") from e
+    # ITK (and nibabel's checked load) silently read pixdim 0 / NaN as 1 mm: volumes would be
+    # wrong by an unknown factor, so read the raw header again without nibabel's fixes.
+    opener = gzip.open if p.name.lower().endswith(".gz") else open
+    try:
+        with opener(p, "rb") as fh:
+            raw = type(hdr).from_fileobj(fh, check=False)
+    except Exception as e:  # same file parsed above; a failure here means a broken stream
+        raise InputError(f"'{p}' is not a valid NIfTI file ({e}). Check the file type or re-export it.") from e
+    pixdim = np.asarray(raw["pixdim"], dtype=float)[1:1 + min(3, max(1, len(raw.get_data_shape())))]
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        raise InputError(
+            f"'{p}' declares invalid voxel spacing {tuple(float(v) for v in pixdim)} mm in its NIfTI header "
+            "(pixdim must be positive numbers). Fix the header or re-export the image from the scanner or PACS."
+        )
     shape = hdr.get_data_shape()
     need = int(hdr.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * hdr.get_data_dtype().itemsize
     if p.name.lower().endswith(".gz"):

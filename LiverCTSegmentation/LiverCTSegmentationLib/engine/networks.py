@@ -32,10 +32,8 @@ Architectures
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
-
-import torch
-from torch import nn
 
 from .errors import BundleError
 
@@ -43,122 +41,141 @@ ARCHITECTURES = ("reduced_unet3d", "unet2d", "threshold_net")
 
 
 # --------------------------------------------------------------------- blocks
-def _norm(kind: str, ch: int, dims: int) -> nn.Module:
-    kind = (kind or "none").lower()
-    if kind == "batch":
-        return nn.BatchNorm3d(ch) if dims == 3 else nn.BatchNorm2d(ch)
-    if kind == "instance":
-        return nn.InstanceNorm3d(ch, affine=True) if dims == 3 else nn.InstanceNorm2d(ch, affine=True)
-    if kind == "group":
-        groups = next(g for g in (8, 4, 2, 1) if ch % g == 0)
-        return nn.GroupNorm(groups, ch)
-    if kind == "none":
-        return nn.Identity()
-    raise BundleError(f"Unknown norm '{kind}' in the network architecture (use batch, instance, group or none).")
+# torch is imported only when a network is built: ModelBundle.load validates
+# architectures with required_divisor() and must not pay torch's import.
+@lru_cache(maxsize=1)
+def _modules() -> dict:
+    """The nn.Module classes (defined on first use, importing torch)."""
+    import torch
+    from torch import nn
+
+    def _norm(kind: str, ch: int, dims: int) -> nn.Module:
+        kind = (kind or "none").lower()
+        if kind == "batch":
+            return nn.BatchNorm3d(ch) if dims == 3 else nn.BatchNorm2d(ch)
+        if kind == "instance":
+            return nn.InstanceNorm3d(ch, affine=True) if dims == 3 else nn.InstanceNorm2d(ch, affine=True)
+        if kind == "group":
+            groups = next(g for g in (8, 4, 2, 1) if ch % g == 0)
+            return nn.GroupNorm(groups, ch)
+        if kind == "none":
+            return nn.Identity()
+        raise BundleError(f"Unknown norm '{kind}' in the network architecture (use batch, instance, group or none).")
 
 
-class ConvBlock(nn.Module):
-    """(Dropout -> Conv 3x3(x3) -> Norm -> ReLU) x 2.
+    class ConvBlock(nn.Module):
+        """(Dropout -> Conv 3x3(x3) -> Norm -> ReLU) x 2.
 
-    ``input_dropout=False`` skips the first dropout: used when the block sees
-    the raw image (dropping a whole 1-channel input zeroes the sample).
-    """
+        ``input_dropout=False`` skips the first dropout: used when the block sees
+        the raw image (dropping a whole 1-channel input zeroes the sample).
+        """
 
-    def __init__(self, in_ch: int, out_ch: int, norm: str, dropout: float, dims: int = 3,
-                 input_dropout: bool = True) -> None:
-        super().__init__()
-        Conv = nn.Conv3d if dims == 3 else nn.Conv2d
-        Drop = nn.Dropout3d if dims == 3 else nn.Dropout2d
-        self.drop1 = Drop(dropout) if (dropout > 0 and input_dropout) else nn.Identity()
-        self.conv1 = Conv(in_ch, out_ch, 3, padding=1)
-        self.norm1 = _norm(norm, out_ch, dims)
-        self.drop2 = Drop(dropout) if dropout > 0 else nn.Identity()
-        self.conv2 = Conv(out_ch, out_ch, 3, padding=1)
-        self.norm2 = _norm(norm, out_ch, dims)
-        self.act = nn.ReLU(inplace=True)
+        def __init__(self, in_ch: int, out_ch: int, norm: str, dropout: float, dims: int = 3,
+                     input_dropout: bool = True) -> None:
+            super().__init__()
+            Conv = nn.Conv3d if dims == 3 else nn.Conv2d
+            Drop = nn.Dropout3d if dims == 3 else nn.Dropout2d
+            self.drop1 = Drop(dropout) if (dropout > 0 and input_dropout) else nn.Identity()
+            self.conv1 = Conv(in_ch, out_ch, 3, padding=1)
+            self.norm1 = _norm(norm, out_ch, dims)
+            self.drop2 = Drop(dropout) if dropout > 0 else nn.Identity()
+            self.conv2 = Conv(out_ch, out_ch, 3, padding=1)
+            self.norm2 = _norm(norm, out_ch, dims)
+            self.act = nn.ReLU(inplace=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.norm1(self.conv1(self.drop1(x))))
-        return self.act(self.norm2(self.conv2(self.drop2(x))))
-
-
-class UNet(nn.Module):
-    """Reduced U-Net (mlf-core layout) in 2D or 3D. Returns logits."""
-
-    def __init__(self, in_channels: int, out_channels: int, channels: list[int], norm: str = "batch",
-                 dropout: float = 0.0, dims: int = 3, middle_channels: int | None = None,
-                 stem_stride: int = 1, refine_channels: int | None = None) -> None:
-        super().__init__()
-        if len(channels) < 1:
-            raise BundleError("Network 'channels' must list at least one level.")
-        if stem_stride not in (1, 2):
-            raise BundleError("Network 'stem_stride' must be 1 or 2.")
-        Conv = nn.Conv3d if dims == 3 else nn.Conv2d
-        self.dims = dims
-        self.stem_stride = stem_stride
-        mid = int(middle_channels or channels[-1])
-        c0 = channels[0]
-        if stem_stride == 2:
-            # Cheap stride-2 stem: everything heavy runs at half resolution.
-            self.stem = nn.Sequential(Conv(in_channels, c0, 2, stride=2), _norm(norm, c0, dims), nn.ReLU(inplace=True))
-            body_in, first_dropout = c0, True
-        else:
-            self.stem = None
-            body_in, first_dropout = in_channels, False  # no dropout on the raw image
-        self.inc = ConvBlock(body_in, c0, norm, dropout, dims, input_dropout=first_dropout)
-        self.downs = nn.ModuleList()
-        for lo, hi in zip(channels[:-1], channels[1:]):
-            self.downs.append(nn.Sequential(Conv(lo, lo, 2, stride=2), ConvBlock(lo, hi, norm, dropout, dims)))
-        self.mid = ConvBlock(channels[-1], mid, norm, dropout, dims)
-        self.ups = nn.ModuleList()
-        below = mid
-        for skip in reversed(channels[:-1]):
-            self.ups.append(ConvBlock(below + skip, skip, norm, dropout, dims))
-            below = skip
-        if stem_stride == 2:
-            r = int(refine_channels or max(4, c0 // 2))
-            self.full_res = nn.Sequential(Conv(in_channels, r, 3, padding=1), nn.ReLU(inplace=True))
-            self.refine = nn.Sequential(Conv(c0 + r, r, 3, padding=1), _norm(norm, r, dims), nn.ReLU(inplace=True))
-            head_in = r
-        else:
-            self.full_res = self.refine = None
-            head_in = c0
-        self.outc = Conv(head_in, out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up = nn.functional.interpolate
-        inp = x
-        if self.stem is not None:
-            x = self.stem(x)
-        skips = [self.inc(x)]
-        for down in self.downs:
-            skips.append(down(skips[-1]))
-        y = self.mid(skips.pop())
-        for block in self.ups:
-            skip = skips.pop()
-            y = block(torch.cat([up(y, scale_factor=2, mode="nearest"), skip], dim=1))
-        if self.stem is not None:
-            y = up(y, scale_factor=2, mode="nearest")
-            y = self.refine(torch.cat([y, self.full_res(inp)], dim=1))
-        return self.outc(y)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.act(self.norm1(self.conv1(self.drop1(x))))
+            return self.act(self.norm2(self.conv2(self.drop2(x))))
 
 
-class ThresholdNet(nn.Module):
-    """TEST-ONLY pointwise network: logits = Conv1x1([x, x^2]).
+    class UNet(nn.Module):
+        """Reduced U-Net (mlf-core layout) in 2D or 3D. Returns logits."""
 
-    Setting, for class c, weight(x^2) = -1, weight(x) = 2 m, bias = r^2 - m^2
-    gives logit_c = r^2 - (x - m)^2 > 0 exactly where |x - m| < r, so a
-    background logit of 0 makes class c win inside an intensity window.
-    """
+        def __init__(self, in_channels: int, out_channels: int, channels: list[int], norm: str = "batch",
+                     dropout: float = 0.0, dims: int = 3, middle_channels: int | None = None,
+                     stem_stride: int = 1, refine_channels: int | None = None) -> None:
+            super().__init__()
+            if len(channels) < 1:
+                raise BundleError("Network 'channels' must list at least one level.")
+            if stem_stride not in (1, 2):
+                raise BundleError("Network 'stem_stride' must be 1 or 2.")
+            Conv = nn.Conv3d if dims == 3 else nn.Conv2d
+            self.dims = dims
+            self.stem_stride = stem_stride
+            mid = int(middle_channels or channels[-1])
+            c0 = channels[0]
+            if stem_stride == 2:
+                # Cheap stride-2 stem: everything heavy runs at half resolution.
+                self.stem = nn.Sequential(Conv(in_channels, c0, 2, stride=2), _norm(norm, c0, dims), nn.ReLU(inplace=True))
+                body_in, first_dropout = c0, True
+            else:
+                self.stem = None
+                body_in, first_dropout = in_channels, False  # no dropout on the raw image
+            self.inc = ConvBlock(body_in, c0, norm, dropout, dims, input_dropout=first_dropout)
+            self.downs = nn.ModuleList()
+            for lo, hi in zip(channels[:-1], channels[1:]):
+                self.downs.append(nn.Sequential(Conv(lo, lo, 2, stride=2), ConvBlock(lo, hi, norm, dropout, dims)))
+            self.mid = ConvBlock(channels[-1], mid, norm, dropout, dims)
+            self.ups = nn.ModuleList()
+            below = mid
+            for skip in reversed(channels[:-1]):
+                self.ups.append(ConvBlock(below + skip, skip, norm, dropout, dims))
+                below = skip
+            if stem_stride == 2:
+                r = int(refine_channels or max(4, c0 // 2))
+                self.full_res = nn.Sequential(Conv(in_channels, r, 3, padding=1), nn.ReLU(inplace=True))
+                self.refine = nn.Sequential(Conv(c0 + r, r, 3, padding=1), _norm(norm, r, dims), nn.ReLU(inplace=True))
+                head_in = r
+            else:
+                self.full_res = self.refine = None
+                head_in = c0
+            self.outc = Conv(head_in, out_channels, 1)
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 2) -> None:
-        super().__init__()
-        if in_channels != 1:
-            raise BundleError("threshold_net takes exactly one input channel.")
-        self.head = nn.Conv3d(2, out_channels, 1)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            up = nn.functional.interpolate
+            inp = x
+            if self.stem is not None:
+                x = self.stem(x)
+            skips = [self.inc(x)]
+            for down in self.downs:
+                skips.append(down(skips[-1]))
+            y = self.mid(skips.pop())
+            for block in self.ups:
+                skip = skips.pop()
+                y = block(torch.cat([up(y, scale_factor=2, mode="nearest"), skip], dim=1))
+            if self.stem is not None:
+                y = up(y, scale_factor=2, mode="nearest")
+                y = self.refine(torch.cat([y, self.full_res(inp)], dim=1))
+            return self.outc(y)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([x, x * x], dim=1))
+
+    class ThresholdNet(nn.Module):
+        """TEST-ONLY pointwise network: logits = Conv1x1([x, x^2]).
+
+        Setting, for class c, weight(x^2) = -1, weight(x) = 2 m, bias = r^2 - m^2
+        gives logit_c = r^2 - (x - m)^2 > 0 exactly where |x - m| < r, so a
+        background logit of 0 makes class c win inside an intensity window.
+        """
+
+        def __init__(self, in_channels: int = 1, out_channels: int = 2) -> None:
+            super().__init__()
+            if in_channels != 1:
+                raise BundleError("threshold_net takes exactly one input channel.")
+            self.head = nn.Conv3d(2, out_channels, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.cat([x, x * x], dim=1))
+
+    for cls in (ConvBlock, UNet, ThresholdNet):  # picklable by name via the module __getattr__
+        cls.__qualname__ = cls.__name__
+        cls.__module__ = __name__
+    return {"torch": torch, "nn": nn, "ConvBlock": ConvBlock, "UNet": UNet, "ThresholdNet": ThresholdNet}
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: networks.UNet etc. still work, lazily
+    if name in ("torch", "nn", "ConvBlock", "UNet", "ThresholdNet"):
+        return _modules()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------- factory
@@ -170,7 +187,7 @@ def _get(arch: dict, key: str, default: Any = None, required: bool = False) -> A
     return arch[key]
 
 
-def build_network(arch: dict) -> nn.Module:
+def build_network(arch: dict) -> "nn.Module":
     """Build an untrained network from an architecture dict (see module doc)."""
     if not isinstance(arch, dict) or "name" not in arch:
         raise BundleError("The network architecture must be an object with a 'name'.")
@@ -179,12 +196,12 @@ def build_network(arch: dict) -> nn.Module:
         in_ch = int(_get(arch, "in_channels", 1))
         out_ch = int(_get(arch, "out_channels", required=True))
         if name == "threshold_net":
-            return ThresholdNet(in_ch, out_ch)
+            return _modules()["ThresholdNet"](in_ch, out_ch)
         if name in ("reduced_unet3d", "unet2d"):
             channels = [int(c) for c in _get(arch, "channels", [32, 64, 128])]
             if any(c <= 0 for c in channels):
                 raise BundleError("Network 'channels' must be positive integers.")
-            return UNet(
+            return _modules()["UNet"](
                 in_ch, out_ch, channels,
                 norm=str(_get(arch, "norm", "batch")),
                 dropout=float(_get(arch, "dropout", 0.0)),
@@ -217,5 +234,5 @@ def spatial_dims(arch: dict) -> int:
     return 2 if arch.get("name") == "unet2d" else 3
 
 
-def count_parameters(net: nn.Module) -> int:
+def count_parameters(net: "nn.Module") -> int:
     return sum(p.numel() for p in net.parameters())

@@ -20,7 +20,7 @@ space, which is exact because the index-to-physical map is affine.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -69,19 +69,44 @@ class Statistics:
         return rows
 
 
-def label_lesions(labelmap: Volume, tumor_label: int = 2) -> np.ndarray:
-    """uint16 [k, j, i] array of lesion ids (0 = none), 26-connected, 1 = largest."""
+def nonzero_box(arr: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
+    """Slices of the [k, j, i] bounding box of the non-zero voxels (None if all zero).
+
+    The k extent is found first, so the j/i scans only read that slab; the
+    reductions are buffered by numpy, so no full-size temporary is made.
+    """
+    k = np.flatnonzero(arr.any(axis=(1, 2)))
+    if not k.size:
+        return None
+    slab = arr[k[0] : k[-1] + 1]
+    j = np.flatnonzero(slab.any(axis=(0, 2)))
+    i = np.flatnonzero(slab.any(axis=(0, 1)))
+    return (slice(int(k[0]), int(k[-1]) + 1), slice(int(j[0]), int(j[-1]) + 1),
+            slice(int(i[0]), int(i[-1]) + 1))
+
+
+def _lesion_ids(tumor: np.ndarray) -> np.ndarray:
+    """uint16 26-connected component ids of a non-empty uint8/bool mask, 1 = largest."""
     import SimpleITK as sitk
 
-    tumor = np.ascontiguousarray(np.asarray(labelmap.array) == tumor_label, dtype=np.uint8)
-    if not tumor.any():
-        return np.zeros(tumor.shape, dtype=np.uint16)
-    cc = sitk.ConnectedComponent(sitk.GetImageFromArray(tumor), True)
+    cc = sitk.ConnectedComponent(sitk.GetImageFromArray(np.ascontiguousarray(tumor, dtype=np.uint8)), True)
     relabelled = sitk.RelabelComponent(cc, sortByObjectSize=True)
     ids = sitk.GetArrayFromImage(relabelled)
     if ids.max() > np.iinfo(np.uint16).max:
         raise ValueError(f"{int(ids.max())} separate lesions: the labelmap is not a plausible segmentation")
-    return ids.astype(np.uint16)
+    return ids.astype(np.uint16, copy=False)
+
+
+def label_lesions(labelmap: Volume, tumor_label: int = 2) -> np.ndarray:
+    """uint16 [k, j, i] array of lesion ids (0 = none), 26-connected, 1 = largest."""
+    arr = np.asarray(labelmap.array)
+    out = np.zeros(arr.shape, dtype=np.uint16)
+    box = nonzero_box(arr)
+    if box is not None:
+        tumor = arr[box] == tumor_label  # components only on the labelled box
+        if tumor.any():
+            out[box] = _lesion_ids(tumor)
+    return out
 
 
 def _convex_hull(points: np.ndarray) -> np.ndarray:
@@ -132,34 +157,57 @@ def longest_axial_diameter(mask_kji: np.ndarray, ij_to_mm: np.ndarray) -> float:
 
 
 def compute_statistics(labelmap: Volume, liver_label: int = 1, tumor_label: int = 2) -> Statistics:
-    """Organ/tumour volumes, burden and per-lesion measurements (see module docstring)."""
+    """Organ/tumour volumes, burden and per-lesion measurements (see module docstring).
+
+    Everything runs on the bounding box of the non-zero labels (a liver is a
+    small part of a CT), so the cost and the temporaries scale with the liver,
+    not with the scan.
+    """
     import SimpleITK as sitk
+
+    from .preprocess import crop_box
 
     arr = np.asarray(labelmap.array)
     voxel_ml = labelmap.voxel_volume_mm3 * abs(float(np.linalg.det(labelmap.direction))) / 1000.0
-    n_tumor = int(np.count_nonzero(arr == tumor_label))
-    n_organ = int(np.count_nonzero(arr == liver_label)) + n_tumor
+    box = nonzero_box(arr)
+    if box is None:
+        return Statistics(liver_ml=0.0, tumor_count=0, tumor_ml=0.0, burden_percent=0.0, lesions=[])
+    sub = arr[box]
+    tumor = sub == tumor_label
+    n_tumor = int(np.count_nonzero(tumor))
+    n_organ = int(np.count_nonzero(sub == liver_label)) + n_tumor
     lesions: list[Lesion] = []
     if n_tumor:
-        ids = label_lesions(labelmap, tumor_label)
-        img = sitk.GetImageFromArray(ids)
-        img.SetSpacing(labelmap.spacing)
-        img.SetOrigin(labelmap.origin)
-        img.SetDirection(tuple(labelmap.direction.flatten()))
+        lo_ijk = (box[2].start, box[1].start, box[0].start)
+        hi_ijk = (box[2].stop - 1, box[1].stop - 1, box[0].stop - 1)
+        crop = crop_box(labelmap, lo_ijk, hi_ijk)  # the box's geometry (origin moved)
+        img = sitk.GetImageFromArray(tumor.view(np.uint8))
+        del tumor
+        img.SetSpacing(crop.spacing)
+        img.SetOrigin(crop.origin)
+        img.SetDirection(tuple(crop.direction.flatten()))
+        # Component ids straight from ConnectedComponent (no relabel pass / numpy copy of the id image);
+        # lesions are ordered like RelabelComponent: decreasing size, ties by id.
+        cc = sitk.ConnectedComponent(img, True)
+        del img
         shape = sitk.LabelShapeStatisticsImageFilter()
-        shape.Execute(img)
+        shape.ComputePerimeterOff()  # the perimeter is not reported and costs more than the rest
+        shape.Execute(cc)
+        ids = sitk.GetArrayViewFromImage(cc)  # valid while cc lives
         ij_to_mm = (labelmap.direction @ np.diag(labelmap.spacing))[:, :2]
-        for lid in range(1, int(ids.max()) + 1):
+        order = sorted(shape.GetLabels(), key=lambda lab: (-shape.GetNumberOfPixels(lab), lab))
+        for n, lid in enumerate(order, start=1):
             i0, j0, k0, si, sj, sk = shape.GetBoundingBox(lid)
-            crop = ids[k0 : k0 + sk, j0 : j0 + sj, i0 : i0 + si] == lid
+            one = ids[k0 : k0 + sk, j0 : j0 + sj, i0 : i0 + si] == lid
             lesions.append(
                 Lesion(
-                    index=lid,
+                    index=n,
                     volume_ml=shape.GetNumberOfPixels(lid) * voxel_ml,
-                    longest_axial_diameter_mm=longest_axial_diameter(crop, ij_to_mm),
+                    longest_axial_diameter_mm=longest_axial_diameter(one, ij_to_mm),
                     centroid_lps=tuple(float(c) for c in shape.GetCentroid(lid)),
                 )
             )
+        del ids, cc
     return Statistics(
         liver_ml=n_organ * voxel_ml,
         tumor_count=len(lesions),
