@@ -1,0 +1,124 @@
+"""One case's actual work: read, check, segment, then write the label map, Slicer
+segmentation, lesion CSV, overlay and statistics JSON (each atomically)."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .atomic_files import write_csv_atomic, write_json_atomic
+from .cases import Case
+from .engine.errors import InputError
+from .engine.progress import Progress
+from .options import BatchOptions
+from .results import CaseResult
+
+LESION_COLUMNS = ("index", "volume_ml", "longest_axial_diameter_mm", "centroid_x_lps", "centroid_y_lps",
+                  "centroid_z_lps")
+
+
+def _stats_dict(stats: Any) -> dict:
+    if stats is None:
+        return {}
+    d = stats.to_dict() if hasattr(stats, "to_dict") else dict(stats)
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in d.items() if not isinstance(v, (list, dict))}
+
+
+def _lesion_rows(stats: Any) -> list[dict]:
+    if stats is None:
+        return []
+    if hasattr(stats, "lesion_rows"):
+        return list(stats.lesion_rows())
+    rows = []
+    for les in getattr(stats, "lesions", []) or []:
+        d = asdict(les) if hasattr(les, "__dataclass_fields__") else dict(les)
+        c = d.pop("centroid_lps", None)
+        if c is not None:
+            d["centroid_x_lps"], d["centroid_y_lps"], d["centroid_z_lps"] = (float(v) for v in c)
+        rows.append(d)
+    return rows
+
+
+def _rel(outdir: Path, p: Path) -> str:
+    try:
+        return p.relative_to(outdir).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def segment_case(case: Case, case_dir: Path, paths: dict[str, Path], outdir: Path, options: BatchOptions,
+                 bundle: Any, progress: Callable[[float, str], None], cancel_event: Optional[threading.Event],
+                 fp: Optional[dict], base: dict) -> CaseResult:
+    """Segment ``case`` and write ``paths``; returns an "ok" CaseResult (exceptions propagate).
+
+    ``progress(fraction of this case, stage)``; ``fp`` is the input fingerprint recorded
+    in the stats; ``base`` holds model_name/model_version for the result."""
+    from .engine import checks, io, pipeline
+
+    timings: dict[str, float] = {}
+    prog = Progress(progress, cancel_event)
+
+    t = time.perf_counter()
+    prog.stage("read", 0.0, 0.05)
+    if not case.path.exists():
+        raise InputError(f"{case.path} does not exist. Check the path.")
+    vol = io.read_volume(case.path)
+    timings["read"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    prog.stage("check", 0.05, 0.08)
+    warnings = list(checks.check_volume(vol) or [])
+    warnings += list(vol.metadata.get("warnings", []) or [])
+    timings["check"] = time.perf_counter() - t
+
+    seg_progress = Progress(lambda f, s: progress(0.08 + 0.77 * f, s), cancel_event)
+    res = pipeline.segment(vol, bundle, options.segment_options(), progress=seg_progress)
+    for k, v in (res.timings or {}).items():
+        if k != "total":
+            timings[k] = float(v)
+    warnings += [w for w in (res.warnings or []) if w not in warnings]
+    prog.check()
+
+    t = time.perf_counter()
+    prog.stage("write", 0.85, 0.92)
+    labels = list(getattr(bundle, "labels", []) or [])
+    io.write_volume(res.labelmap, paths["label"], overwrite=True)
+    if "seg" in paths:
+        from .engine import segfile
+
+        segfile.write_seg_nrrd(res.labelmap, labels, paths["seg"], overwrite=True)
+    stats = _stats_dict(res.statistics)
+    lesions = _lesion_rows(res.statistics)
+    write_csv_atomic(paths["lesions"], lesions, LESION_COLUMNS)
+    timings["write"] = time.perf_counter() - t
+    prog.check()
+
+    if "overlay" in paths:
+        t = time.perf_counter()
+        prog.stage("overlay", 0.92, 1.0)
+        from .overlay import save_overlay_png
+
+        save_overlay_png(vol, res.labelmap, paths["overlay"], title=case.name, statistics=stats,
+                         labels=labels, model=f"{base['model_name']} {base['model_version']}".strip())
+        timings["overlay"] = time.perf_counter() - t
+
+    r = CaseResult(case.name, str(case.path), "ok", timings=timings, statistics=stats,
+                   outputs={k: _rel(outdir, v) for k, v in paths.items()}, warnings=warnings, **base)
+    stats_doc = {
+        "case": case.name,
+        "input": str(case.path),
+        "input_sha256": (fp or {}).get("sha256"),
+        "model": {"name": base["model_name"], "version": base["model_version"],
+                  "demo": bool(getattr(bundle, "demo", False))},
+        "options": options.resume_key(),
+        "statistics": stats,
+        "lesions": lesions,
+        "warnings": warnings,
+        "timings_s": timings,
+        "geometry": {"size_ijk": list(vol.size_ijk), "spacing": list(vol.spacing), "origin": list(vol.origin),
+                     "direction": vol.direction.tolist()},
+    }
+    write_json_atomic(paths["stats"], stats_doc)  # stats last among outputs; timings of "overlay" included
+    return r
