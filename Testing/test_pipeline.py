@@ -154,3 +154,31 @@ def test_single_window_and_tiled_inference_agree_on_a_clear_image(box_bundle):
     tiled = segment(vol, box_bundle, SegmentOptions(device="cpu", max_window_voxels=0))
     assert one.labelmap.array.any()
     assert dice(one.labelmap.array > 0, tiled.labelmap.array > 0) > 0.99
+
+
+def test_instance_norm_bundles_run_on_training_sized_windows(tmp_path, monkeypatch):
+    """Instance norm normalises over the window, so a bundle using it must be tiled at its patch size;
+    batch-norm / threshold bundles may use one large window (faster, same result)."""
+    import LiverCTSegmentationLib.engine.inference as inference
+    from LiverCTSegmentationLib.engine.networks import window_size_invariant
+
+    arch = {"name": "reduced_unet3d", "channels": [4, 8], "norm": "instance"}
+    assert not window_size_invariant(arch)
+    assert window_size_invariant({**arch, "norm": "batch"}) and window_size_invariant({**arch, "norm": "none"})
+
+    seen = []
+    real = inference.sliding_window_predict
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("max_window_voxels"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "sliding_window_predict", spy)
+    vol = Volume(np.random.default_rng(0).integers(-200, 300, (24, 50, 60)).astype(np.int16), (1.2, 1.2, 3.0))
+    segment(vol, ModelBundle.load(make_tiny_bundle(tmp_path / "t", two_stage=False)),
+            SegmentOptions(device="cpu", max_window_voxels=10**7))
+    assert seen == [0]
+    seen.clear()
+    segment(vol, ModelBundle.load(make_box_bundle(tmp_path / "b", two_stage=False)),
+            SegmentOptions(device="cpu", max_window_voxels=10**7))
+    assert seen == [10**7]

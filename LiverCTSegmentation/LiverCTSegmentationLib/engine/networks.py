@@ -236,3 +236,12 @@ def spatial_dims(arch: dict) -> int:
 
 def count_parameters(net: "nn.Module") -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+def window_size_invariant(arch: dict) -> bool:
+    """True when the network's output at a voxel does not depend on the window it is run in
+    (beyond the receptive field): batch norm in eval mode or no norm. Instance/group norm
+    normalise over the window, so such networks must run on training-sized windows."""
+    if arch.get("name") == "threshold_net":
+        return True
+    return str(arch.get("norm", "batch")).lower() in ("batch", "none")

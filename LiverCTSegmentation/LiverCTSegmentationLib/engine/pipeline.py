@@ -79,13 +79,17 @@ def _run_stage(bundle, name: str, vol: Volume, device, bf16: bool, overlap: floa
                progress: Progress, max_window_voxels: int = 0) -> tuple[Volume, float]:
     """Resample + normalise + sliding window; returns (label Volume on the stage grid, preprocess seconds)."""
     from .inference import sliding_window_predict
-    from .networks import required_divisor, spatial_dims
+    from .networks import required_divisor, spatial_dims, window_size_invariant
 
     st = bundle.stages[name]
     t0 = time.perf_counter()
     grid, x = _stage_array(vol, st)
     t_pre = time.perf_counter() - t0
     net = bundle.network(name, device)
+    if not window_size_invariant(st.architecture):
+        # Instance/group norm take statistics over the window itself: a window larger than the
+        # training patch changes the output (measured: liver Dice 0.85 -> 0.70), so tile at patch size.
+        max_window_voxels = 0
     cls = sliding_window_predict(
         net, x, st.patch_size, st.n_classes, overlap=overlap, batch_size=batch_size, device=device,
         bf16=bf16, progress=progress, spatial_dims=spatial_dims(st.architecture),
