@@ -115,3 +115,22 @@ def cleanup(info: DistInfo) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def sync_buffers(model, info: DistInfo) -> None:
+    """Average floating buffers (BatchNorm running statistics) over ranks, broadcast the others.
+
+    DDP broadcasts buffers from rank 0 *before* each forward, but the forward then updates them
+    with each rank's local batch, so after the last step the ranks disagree. Called once per epoch
+    so validation and checkpoints see one model on every rank.
+    """
+    if not info.enabled:
+        return
+    import torch.distributed as dist
+
+    for b in unwrap(model).buffers():
+        if b.dtype.is_floating_point:
+            dist.all_reduce(b, op=dist.ReduceOp.SUM)
+            b.div_(info.world_size)
+        else:
+            dist.broadcast(b, src=0)

@@ -294,6 +294,7 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
             step += 1
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         dt = time.perf_counter() - t0
+        D.sync_buffers(model, info)
         row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": D.all_reduce_mean(float(np.mean(losses)), info),
                                "lr": opt.param_groups[0]["lr"], "sec_per_iter": dt / max(1, len(losses))}
         example = None
