@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .labels import TASK_LABELS, TASK_MAPPINGS, check_task
+from LiverCTSegmentationLib.engine.bundle import sha256_file as _sha256_file
 
 DEFAULT_POSTPROCESS = {"min_lesion_mm3": 30.0, "fill_holes": True, "tumor_max_distance_mm": 5.0}
 STAGE_KEYS = ("architecture", "spacing", "patch_size", "intensity", "class_to_label", "margin_mm")
@@ -52,13 +52,6 @@ DATA_SOURCES: dict[str, tuple[str, str]] = {
 class ExportError(ValueError):
     """The run dir lacks something the bundle needs."""
 
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_state_dict(path: str | Path) -> dict:

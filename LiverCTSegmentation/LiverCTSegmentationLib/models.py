@@ -35,6 +35,7 @@ from typing import Callable, Optional, Union
 
 from .engine.errors import BundleError
 from .engine.progress import Progress
+from .engine.bundle import sha256_file as _sha256_file
 
 MODELS_RESOURCE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 MANIFEST_PATH = MODELS_RESOURCE_DIR / "manifest.json"
@@ -203,13 +204,6 @@ def _bundle_in(folder: Path) -> Optional[Path]:
     subs = [p for p in folder.iterdir() if p.is_dir() and _is_bundle(p)] if folder.is_dir() else []
     return subs[0] if len(subs) == 1 else None
 
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _extract_zip_atomically(zip_path: Path, final: Path, expected_name: Optional[str] = None) -> Path:
