@@ -85,3 +85,60 @@ def test_crop_box_origin_and_pad():
     np.testing.assert_allclose(c.physical_points(np.zeros((1, 3))), v.physical_points(np.array([[2, 3, 4]])))
     p, shape = pad_to_multiple(np.ones((5, 6, 7)), (4, 4, 4), value=-1)
     assert p.shape == (8, 8, 8) and shape == (5, 6, 7) and p[7, 7, 7] == -1
+
+
+# ------------------------------------------------------------- canonical grids
+AXIS_ORDERS = {
+    "LPS": np.eye(3),
+    "RAS": np.diag([-1.0, -1.0, 1.0]),
+    "coronal": np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]]),       # j runs inferior, k anterior
+    "permuted": np.array([[0, 0, 1.0], [-1.0, 0, 0], [0, -1.0, 0]]),
+}
+
+
+def _same_patient(direction: np.ndarray) -> Volume:
+    """One physical object (a block off-centre towards patient right, anterior, up) on a grid with
+    ``direction``: the image content at each LPS point is the same whatever the axis order."""
+    sp = np.array([2.0, 2.0, 2.0])
+    extent_lps = np.array([48.0, 40.0, 32.0])       # the same field of view in every axis order
+    size = np.array([int(extent_lps[np.argmax(np.abs(direction[:, c]))] / 2.0) for c in range(3)])
+    centre = np.zeros(3)
+    origin = centre - direction @ ((size - 1) / 2 * sp)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in size], indexing="ij"), -1).reshape(-1, 3)
+    lps = origin + (ijk * sp) @ direction.T
+    inside = (lps[:, 0] < -4) & (lps[:, 0] > -18) & (lps[:, 1] < 0) & (lps[:, 2] > 2)
+    arr = np.zeros(size, np.uint8)
+    arr[tuple(ijk[inside].T)] = 1
+    return Volume(np.ascontiguousarray(arr.transpose(2, 1, 0)), tuple(sp), tuple(origin), direction)
+
+
+@pytest.mark.parametrize("name", sorted(AXIS_ORDERS))
+def test_canonical_grid_shows_every_axis_order_the_same_way(name):
+    ref = resample_to_spacing(_same_patient(AXIS_ORDERS["LPS"]), (2.0, 2.0, 2.0), "nearest", orientation="canonical")
+    v = _same_patient(AXIS_ORDERS[name])
+    c = resample_to_spacing(v, (2.0, 2.0, 2.0), "nearest", orientation="canonical")
+    np.testing.assert_allclose(c.direction, np.eye(3), atol=1e-9)
+    np.testing.assert_array_equal(c.array, ref.array)          # the network sees identical arrays
+    np.testing.assert_allclose(c.origin, ref.origin, atol=1e-6)
+    back = resample_like(c, v)                                  # and labels map back exactly
+    np.testing.assert_array_equal(back.array, v.array)
+    native = resample_to_spacing(v, (2.0, 2.0, 2.0), "nearest")
+    if name != "LPS":
+        assert native.array.shape != c.array.shape or not np.array_equal(native.array, c.array)
+
+
+def test_canonical_grid_keeps_obliqueness_and_field_of_view():
+    d = rot(2, 25) @ np.diag([-1.0, -1.0, 1.0])              # RAS rotated 25 degrees about S
+    v = Volume(np.zeros((10, 30, 40), np.int16), (0.8, 0.8, 2.5), (5, -3, 2), d)
+    c = resample_to_spacing(v, (2.0, 2.0, 2.0), orientation="canonical")
+    np.testing.assert_allclose(np.abs(np.diag(c.direction)), np.cos(np.deg2rad([25, 25, 0])), atol=1e-9)
+    assert np.all(np.diag(c.direction) > 0)
+    lo_v = v.physical_points(np.array([[-0.5, -0.5, -0.5], [39.5, 29.5, 9.5]]))
+    lo_c = c.physical_points(np.array([[-0.5, -0.5, -0.5], np.asarray(c.size_ijk) - 0.5]))
+    # Same box (corners swap where an axis was flipped), up to rounding the size to whole voxels.
+    np.testing.assert_allclose(np.sort(lo_v, 0), np.sort(lo_c, 0), atol=1.0)
+
+
+def test_unknown_orientation_is_refused():
+    with pytest.raises(ValueError, match="orientation"):
+        resample_to_spacing(Volume(np.zeros((2, 2, 2))), (1, 1, 1), orientation="RAS")

@@ -144,6 +144,8 @@ def validate_description(desc: Any, require_weights: bool = True) -> None:
             check = patch
         if any(p % div for p in check):
             raise _fail(where, f"patch_size {list(patch)} must be divisible by {div} for this network.")
+        if st.get("orientation", "native") not in ("native", "canonical"):
+            raise _fail(where, f"'orientation' must be 'native' or 'canonical', got {st.get('orientation')!r}.")
         inten = st["intensity"]
         if not isinstance(inten, dict) or not all(k in inten for k in ("clip", "mean", "std")):
             raise _fail(where, "'intensity' needs 'clip' [low, high], 'mean' and 'std'.")
@@ -186,6 +188,8 @@ class StageSpec:
     margin_mm: float
     weights_path: Path
     sha256: str
+    #: "native" (the input's own axis order) or "canonical" (axes reordered/flipped towards LPS).
+    orientation: str = "native"
 
     @classmethod
     def from_dict(cls, name: str, st: dict, folder: Path) -> "StageSpec":
@@ -199,6 +203,7 @@ class StageSpec:
             margin_mm=float(st.get("margin_mm", 20.0)),
             weights_path=folder / st["weights"],
             sha256=str(st["sha256"]).lower(),
+            orientation=str(st.get("orientation", "native")),
         )
 
     @property
@@ -369,7 +374,9 @@ def save_bundle(folder: os.PathLike, description: dict, state_dicts: dict, overw
         st = desc["stages"][sname]
         clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
         _build_and_load(st["architecture"], clean, f"stage '{sname}'")
-        data = st_save(clean, metadata={"stage": sname, "model": str(desc["name"])})
+        # One metadata key: safetensors stores metadata in a hash map, so several keys come out
+        # in random order and the same weights would hash differently on every export.
+        data = st_save(clean, metadata={"liverct_stage": f"{desc['name']}:{sname}"})
         st["weights"] = f"{sname}.safetensors"
         st["sha256"] = sha256_bytes(data)
         blobs[st["weights"]] = data

@@ -71,7 +71,8 @@ def _stage_array(vol: Volume, stage) -> tuple[Volume, np.ndarray]:
     from .preprocess import normalise, resample_to_spacing
 
     low = float(stage.intensity["clip"][0])
-    rs = resample_to_spacing(vol, stage.spacing, "linear", default_value=low)
+    rs = resample_to_spacing(vol, stage.spacing, "linear", default_value=low,
+                             orientation=getattr(stage, "orientation", "native"))
     return rs, normalise(rs.array, stage.intensity)
 
 

@@ -3,8 +3,11 @@
 Training uses exactly these functions, so a model sees the same inputs in
 training and in the module. Resampling always goes through physical space
 with SimpleITK, so oblique and flipped grids are handled by construction.
-Resampled grids keep the source's direction; ``resample_to_spacing`` keeps the
-field of view (the outer voxel *edges* stay where they were).
+Resampled grids keep the source's direction, or (``orientation="canonical"``,
+chosen per stage by the model bundle) reorder and flip its axes towards LPS so
+a network always sees the patient the same way round; either way
+``resample_to_spacing`` keeps the field of view (the outer voxel *edges* stay
+where they were).
 """
 from __future__ import annotations
 
@@ -36,18 +39,67 @@ def grid_for_spacing(vol: Volume, spacing: Sequence[float]) -> tuple[tuple, tupl
     return tuple(int(s) for s in new_size), tuple(float(s) for s in new_sp), tuple(float(o) for o in origin)
 
 
-def resample_to_spacing(vol: Volume, spacing: Sequence[float], interpolation: str = "linear",
-                        default_value: Optional[float] = None) -> Volume:
-    """Resample onto a grid of ``spacing`` (i, j, k) mm with the same direction and field of view.
+ORIENTATIONS = ("native", "canonical")
 
-    ``linear``/``bspline`` give float32; ``nearest`` keeps the dtype (use it for labels).
-    Outside the source the value is ``default_value`` (default: the array minimum for
-    images, i.e. air for CT, and 0 for labels).
+
+def canonical_axes(direction: np.ndarray) -> tuple[list[int], list[float]]:
+    """For each LPS axis (L, P, S): the grid axis closest to it and that axis' sign.
+
+    A grid whose axis ``a`` is ``sign[a] * direction[:, axis[a]]`` runs i -> patient
+    left, j -> posterior, k -> superior (up to the input's obliqueness), whatever
+    the file's own axis order (RAS, LPS, coronal, flipped...).
+    """
+    d = np.asarray(direction, float)
+    remaining, axis, sign = [0, 1, 2], [], []
+    # Strongest alignments first so each grid axis is used once even for oblique inputs.
+    for a in sorted(range(3), key=lambda r: -np.max(np.abs(d[r]))):
+        c = max(remaining, key=lambda col: abs(d[a, col]))
+        remaining.remove(c)
+        axis.append((a, c, 1.0 if d[a, c] >= 0 else -1.0))
+    axis.sort()
+    return [c for _, c, _ in axis], [s for _, _, s in axis]
+
+
+def canonical_grid(vol: Volume, spacing: Sequence[float]) -> tuple[tuple, tuple, tuple, np.ndarray]:
+    """(size_ijk, spacing, origin, direction) of a grid with ``spacing`` over ``vol``'s field of
+    view whose axes are the input's own axes reordered and flipped towards L, P, S.
+
+    Same voxel edges as :func:`grid_for_spacing`, so only the axis order differs: a
+    network then always sees the patient the same way round (liver on the image's left).
+    """
+    axis, sign = canonical_axes(vol.direction)
+    old_sp = np.asarray(vol.spacing, float)
+    size_old = np.asarray(vol.size_ijk, float)
+    new_sp = np.asarray(spacing, float)
+    direction = np.stack([sign[a] * vol.direction[:, axis[a]] for a in range(3)], axis=1)
+    extent = np.array([size_old[axis[a]] * old_sp[axis[a]] for a in range(3)])
+    size = np.maximum(1, np.round(extent / new_sp)).astype(int)
+    # The outer corner where every new axis starts, in the old voxel index frame.
+    edge = np.array([-0.5 if sign[list(axis).index(c)] > 0 else size_old[c] - 0.5 for c in range(3)])
+    corner = np.asarray(vol.origin) + vol.direction @ (edge * old_sp)
+    origin = corner + direction @ (new_sp / 2.0)
+    return tuple(int(s) for s in size), tuple(float(s) for s in new_sp), tuple(float(o) for o in origin), direction
+
+
+def resample_to_spacing(vol: Volume, spacing: Sequence[float], interpolation: str = "linear",
+                        default_value: Optional[float] = None, orientation: str = "native") -> Volume:
+    """Resample onto a grid of ``spacing`` (i, j, k) mm over the same field of view.
+
+    ``orientation``: ``native`` keeps the source's direction; ``canonical`` reorders and
+    flips the axes towards LPS (:func:`canonical_grid`). ``linear``/``bspline`` give
+    float32; ``nearest`` keeps the dtype (use it for labels). Outside the source the
+    value is ``default_value`` (default: the array minimum for images, i.e. air for CT,
+    and 0 for labels).
     """
     import SimpleITK as sitk
 
     interp = _interpolator(interpolation)
-    size, sp, origin = grid_for_spacing(vol, spacing)
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
+    if orientation == "canonical":
+        size, sp, origin, direction = canonical_grid(vol, spacing)
+    else:
+        (size, sp, origin), direction = grid_for_spacing(vol, spacing), vol.direction.copy()
     if default_value is None:
         default_value = 0.0 if interpolation == "nearest" or vol.array.size == 0 else float(vol.array.min())
     img = vol.to_sitk()  # no cast of the full-resolution input: only the output is float32
@@ -55,12 +107,12 @@ def resample_to_spacing(vol: Volume, spacing: Sequence[float], interpolation: st
     f.SetSize(size)
     f.SetOutputSpacing(sp)
     f.SetOutputOrigin(origin)
-    f.SetOutputDirection(tuple(vol.direction.flatten()))
+    f.SetOutputDirection(tuple(np.asarray(direction, float).flatten()))
     f.SetInterpolator(interp)
     f.SetDefaultPixelValue(float(default_value))
     f.SetOutputPixelType(img.GetPixelID() if interpolation == "nearest" else sitk.sitkFloat32)
     out = f.Execute(img)
-    return Volume(sitk.GetArrayFromImage(out), sp, origin, vol.direction.copy(), metadata=dict(vol.metadata))
+    return Volume(sitk.GetArrayFromImage(out), sp, origin, np.array(direction, float), metadata=dict(vol.metadata))
 
 
 def _resample_onto(vol: Volume, size_ijk, spacing, origin, direction, interpolation: str, default_value: float):
