@@ -34,8 +34,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .datasets import Case
-from .labels import TASK_TUMOR_LABEL, mapping_for
+from .datasets import Case, case_mapping
+from .labels import TASK_TUMOR_LABEL
 
 CACHE_VERSION = 1
 
@@ -76,6 +76,12 @@ def cache_key(case: Case, stage_spec: Any, mapping: Mapping[int, int], hash_file
         "intensity": {k: v for k, v in sorted(dict(_get(stage_spec, "intensity")).items())},
         "mapping": {str(k): int(v) for k, v in sorted(mapping.items())},
     }
+    orientation = _get(stage_spec, "orientation", "native") or "native"
+    if orientation != "native":
+        inputs["orientation"] = str(orientation)
+    crop = _get(stage_spec, "margin_mm")
+    if crop is not None:
+        inputs["crop_margin_mm"] = float(crop)
     text = json.dumps(inputs, sort_keys=True, default=float)
     return hashlib.sha256(text.encode("utf-8")).hexdigest(), inputs
 
@@ -122,6 +128,15 @@ def _bbox(mask: np.ndarray) -> list[list[int]] | None:
     return out
 
 
+def _crop_to_liver(image: np.ndarray, label: np.ndarray, margin_mm: float, spacing) -> tuple:
+    """image/label cut to the liver's (labels 1, 2) bounding box plus ``margin_mm``; and that box [k, j, i]."""
+    box = _bbox(np.isin(label, (1, 2)))
+    m = np.ceil(margin_mm / np.asarray(spacing, float)[::-1]).astype(int)
+    crop = [[max(lo - int(mk), 0), min(hi + int(mk), n)] for (lo, hi), mk, n in zip(box, m, label.shape)]
+    sl = tuple(slice(lo, hi) for lo, hi in crop)
+    return np.ascontiguousarray(image[sl]), np.ascontiguousarray(label[sl]), crop
+
+
 def build_entry(case: Case, stage_spec: Any, cache_dir: str | Path, task: str = "liver_tumor",
                 label_mapping: Mapping[Any, Any] | None = None, hash_files: bool = False) -> Path:
     """Preprocess one case for one stage into the cache (no-op if present)."""
@@ -129,7 +144,7 @@ def build_entry(case: Case, stage_spec: Any, cache_dir: str | Path, task: str = 
 
     from .datasets import load_case
 
-    mapping = mapping_for(task, label_mapping)
+    mapping = case_mapping(case, task, label_mapping)
     key, inputs = cache_key(case, stage_spec, mapping, hash_files)
     cache_dir = Path(cache_dir)
     final = _entry_dir(cache_dir, case, key)
@@ -137,7 +152,8 @@ def build_entry(case: Case, stage_spec: Any, cache_dir: str | Path, task: str = 
         return final
     ct, lab = load_case(case, task, label_mapping)
     spacing = tuple(float(s) for s in _get(stage_spec, "spacing"))
-    ct_r = preprocess.resample_to_spacing(ct, spacing, interpolation="linear")
+    ct_r = preprocess.resample_to_spacing(ct, spacing, interpolation="linear",
+                                          orientation=str(_get(stage_spec, "orientation", "native") or "native"))
     image = preprocess.normalise(np.asarray(ct_r.array, dtype=np.float32), dict(_get(stage_spec, "intensity")))
     label = None
     if lab is not None:
@@ -145,6 +161,14 @@ def build_entry(case: Case, stage_spec: Any, cache_dir: str | Path, task: str = 
         label = np.asarray(lab_r.array, dtype=np.uint8)
         if label.shape != image.shape:
             raise RuntimeError(f"{case.case_id}: resampled label {label.shape} != image {image.shape}")
+    margin = _get(stage_spec, "margin_mm")
+    crop_kji = None
+    if margin is not None and label is not None and np.isin(label, (1, 2)).any():
+        # A fine stage only ever trains and runs inside the liver box + its margin: store just that.
+        image, label, crop_kji = _crop_to_liver(image, label, float(margin), ct_r.spacing)
+        lo_ijk = np.array([crop_kji[2][0], crop_kji[1][0], crop_kji[0][0]], float)
+        origin = np.asarray(ct_r.origin) + np.asarray(ct_r.direction) @ (lo_ijk * np.asarray(ct_r.spacing))
+        ct_r = ct_r.__class__(image, ct_r.spacing, tuple(float(o) for o in origin), ct_r.direction)
     tumor_value = TASK_TUMOR_LABEL.get(task)
     fg = np.flatnonzero(label > 0) if label is not None else np.zeros(0, np.int64)
     tumor = (np.flatnonzero(label == tumor_value) if label is not None and tumor_value is not None
@@ -161,6 +185,7 @@ def build_entry(case: Case, stage_spec: Any, cache_dir: str | Path, task: str = 
         "spacing": list(ct_r.spacing),
         "origin": list(ct_r.origin),
         "direction": np.asarray(ct_r.direction).tolist(),
+        "crop_kji": crop_kji,
         "native_spacing": list(ct.spacing),
         "native_shape_kji": list(ct.array.shape),
         "fg_bbox_kji": _bbox(label > 0) if label is not None else None,
@@ -200,7 +225,7 @@ def load_cached(case: Case, stage_spec: Any, cache_dir: str | Path | None = None
     ``stage_spec["cache_dir"]``.
     """
     cache_dir = Path(cache_dir or _get(stage_spec, "cache_dir") or ".cache/liverct")
-    mapping = mapping_for(task, label_mapping)
+    mapping = case_mapping(case, task, label_mapping)
     key, _ = cache_key(case, stage_spec, mapping, hash_files)
     d = _entry_dir(cache_dir, case, key)
     if not (d / "meta.json").is_file():
@@ -253,6 +278,6 @@ def main_cache(argv: list[str] | None = None) -> int:
         spec = cfg["stages"][st]
         for case in tqdm(selected, desc=f"cache {st}", unit="case"):
             build_entry(case, spec, cache_dir, data.get("task", "liver_tumor"),
-                        data.get("label_mapping"), a.hash_files)
+                        data.get("label_mapping"), a.hash_files or bool(data.get("cache_hash_files")))
     print(f"cached {len(selected)} cases x {len(stages)} stages under {cache_dir}")
     return 0

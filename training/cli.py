@@ -18,6 +18,7 @@ COMMANDS = {
     "train": ("train", "main_train", "train the coarse/fine stages of a config"),
     "evaluate": ("evaluate", "main_evaluate", "evaluate a bundle with the full inference pipeline"),
     "export": ("export", "main_export", "write a model bundle + model card from a run dir"),
+    "loo": ("loo", "main_loo", "leave-one-case-out training + evaluation, and the final all-case model"),
 }
 
 

@@ -38,15 +38,22 @@ class Case:
     patient_id: str
     image_path: str
     label_path: str | None
+    #: A TotalSegmentator-style classes JSON: the label is a multi-organ map, read with
+    #: labels.multiorgan_mapping (liver 1, tumour 2, neighbouring organs 3.., the rest 0).
+    label_classes: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"case_id": self.case_id, "patient_id": self.patient_id,
-                "image": self.image_path, "label": self.label_path}
+        d = {"case_id": self.case_id, "patient_id": self.patient_id,
+             "image": self.image_path, "label": self.label_path}
+        if self.label_classes:
+            d["label_classes"] = self.label_classes
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Case":
         return cls(str(d["case_id"]), str(d.get("patient_id") or d["case_id"]),
-                   str(d["image"]), None if d.get("label") is None else str(d["label"]))
+                   str(d["image"]), None if d.get("label") is None else str(d["label"]),
+                   str(d["label_classes"]) if d.get("label_classes") else None)
 
 
 def stem(path: str | Path) -> str:
@@ -183,7 +190,10 @@ def read_generic(
 
 
 def read_list(items: Iterable[Any], base: str | Path | None = None) -> list[Case]:
-    """Explicit list: dicts ``{image, label, case_id?, patient_id?}`` or ``"image:label"``."""
+    """Explicit list: dicts ``{image, label, case_id?, patient_id?, label_classes?}`` or ``"image:label"``.
+
+    ``label_classes`` names a classes JSON when the label is a multi-organ map.
+    """
     b = Path(base) if base else None
     cases = []
     for it in items:
@@ -201,8 +211,14 @@ def read_list(items: Iterable[Any], base: str | Path | None = None) -> list[Case
             raise DatasetError(f"image {img} does not exist")
         if lab is not None and not lab.is_file():
             raise DatasetError(f"label {lab} does not exist")
+        classes = Path(it["label_classes"]).expanduser() if it.get("label_classes") else None
+        if classes is not None and b is not None and not classes.is_absolute():
+            classes = b / classes
+        if classes is not None and not classes.is_file():
+            raise DatasetError(f"label classes file {classes} does not exist")
         cid = str(it.get("case_id") or stem(img))
-        cases.append(Case(cid, str(it.get("patient_id") or cid), str(img), str(lab) if lab else None))
+        cases.append(Case(cid, str(it.get("patient_id") or cid), str(img), str(lab) if lab else None,
+                          str(classes) if classes else None))
     return _sorted(cases)
 
 
@@ -232,6 +248,18 @@ def read_dataset(data: Mapping[str, Any]) -> list[Case]:
 
 
 # ------------------------------------------------------------------ loading
+def case_mapping(case: Case, task: str = "liver_tumor", label_map: Mapping[Any, Any] | None = None) -> dict[int, int]:
+    """Source value -> our value for this case: its multi-organ classes if it has them, else the task's."""
+    from .labels import mapping_for, multiorgan_mapping
+
+    if case.label_classes:
+        mapping, _ = multiorgan_mapping(case.label_classes)
+        if task == "liver":  # tumour merges into liver, as in TASK_MAPPINGS["liver"]
+            mapping = {k: (1 if v == 2 else v) for k, v in mapping.items()}
+        return mapping
+    return mapping_for(task, label_map)
+
+
 def load_case(case: Case, task: str = "liver_tumor", label_map: Mapping[Any, Any] | None = None):
     """Read a case's CT and mapped label as engine Volumes on the CT's grid.
 
@@ -245,13 +273,13 @@ def load_case(case: Case, task: str = "liver_tumor", label_map: Mapping[Any, Any
     from LiverCTSegmentationLib.engine import io
     from LiverCTSegmentationLib.engine import preprocess
 
-    from .labels import apply_mapping, mapping_for
+    from .labels import apply_mapping
 
     ct = io.read_volume(case.image_path)
     if case.label_path is None:
         return ct, None
     lab = io.read_volume(case.label_path)
-    mapped = apply_mapping(lab.array, mapping_for(task, label_map), source=case.label_path)
+    mapped = apply_mapping(lab.array, case_mapping(case, task, label_map), source=case.label_path)
     lab = lab.with_array(mapped)
     if lab.array.shape == ct.array.shape and (
         ct.same_grid(lab, atol=1e-3)

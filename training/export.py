@@ -28,7 +28,7 @@ from .labels import TASK_LABELS, TASK_MAPPINGS, check_task
 from LiverCTSegmentationLib.engine.bundle import sha256_file as _sha256_file
 
 DEFAULT_POSTPROCESS = {"min_lesion_mm3": 30.0, "fill_holes": True, "tumor_max_distance_mm": 5.0}
-STAGE_KEYS = ("architecture", "spacing", "patch_size", "intensity", "class_to_label", "margin_mm")
+STAGE_KEYS = ("architecture", "spacing", "patch_size", "intensity", "class_to_label", "margin_mm", "orientation")
 
 #: What each dataset kind is, and its licence, for the model card.
 DATA_SOURCES: dict[str, tuple[str, str]] = {
@@ -112,6 +112,8 @@ def build_description(cfg: Mapping[str, Any], stages: Sequence[str], name: str, 
     data_text, licence = DATA_SOURCES.get(kind, DATA_SOURCES["generic"])
     if data.get("description"):
         data_text = str(data["description"])
+    if data.get("licence"):
+        licence = str(data["licence"])
     if description is None:
         description = (f"Demo model trained on synthetic phantoms only. Not for real patients. Research use only."
                        if demo else f"{task.replace('_', ' ')} segmentation trained on {kind} data. "
@@ -205,12 +207,17 @@ def _versions() -> str:
     return ", ".join(parts)
 
 
+NOT_EVALUATED = "Not evaluated yet: run `liverseg-train evaluate` and re-export with `--metrics`."
+
+
 def write_model_card(path: Path, desc: Mapping[str, Any], cfg: Mapping[str, Any], metrics: Mapping[str, Any] | None,
                      split: Mapping[str, Any] | None, split_sha: str | None, checksums: Sequence[tuple],
                      command: str) -> Path:
     tr = desc["training"]
     kind = tr["data_kind"]
     data_text, licence = DATA_SOURCES.get(kind, DATA_SOURCES["generic"])
+    data_cfg = cfg.get("data") or {}
+    data_text, licence = str(data_cfg.get("description") or data_text), str(data_cfg.get("licence") or licence)
     t = cfg.get("train") or {}
     L: list[str] = [f"# Model card: {desc['name']} {desc['version']}", ""]
     if desc.get("demo"):
@@ -232,7 +239,8 @@ def write_model_card(path: Path, desc: Mapping[str, Any], cfg: Mapping[str, Any]
           f"- {data_text}", f"- licence: {licence}",
           f"- label mapping (source -> model): {tr['label_mapping']}"]
     if split:
-        L.append(f"- patient-level split (seed {split.get('seed')}): train {len(split.get('train', []))}, "
+        how = "cases named in the config" if split.get("explicit") else f"seed {split.get('seed')}"
+        L.append(f"- patient-level split ({how}): train {len(split.get('train', []))}, "
                  f"val {len(split.get('val', []))}, test {len(split.get('test', []))} cases; "
                  "model selection used train/val only; the test cases were never used for training or selection")
         if split_sha:
@@ -264,7 +272,7 @@ def write_model_card(path: Path, desc: Mapping[str, Any], cfg: Mapping[str, Any]
                 L.append(f"\nLesion detection ({cls}, any-overlap matching): recall {f(ld['recall'])} "
                          f"({ld['tp_true']}/{ld['n_true']}), precision {f(ld['precision'])} ({ld['tp_pred']}/{ld['n_pred']})")
     else:
-        L.append("Not evaluated yet: run `liverseg-train evaluate` and re-export with `--metrics`.")
+        L.append(NOT_EVALUATED)
     L += ["", "## Known limitations", "",
           "- Trained for contrast-enhanced abdominal CT in adults; other modalities (MR, PET), non-contrast or "
           "arterial-only scans, children, post-surgical anatomy and severe artefacts (metal, motion) are untested.",
@@ -286,7 +294,13 @@ def write_model_card(path: Path, desc: Mapping[str, Any], cfg: Mapping[str, Any]
 def export_run(run_dir: str | Path, out_dir: str | Path, metrics_path: str | Path | None = None,
                name: str | None = None, version: str = "0.1.0", demo: bool | None = None,
                overwrite: bool = False, checkpoint: str = "best", hash_data: bool = True,
-               description: str | None = None) -> Path:
+               description: str | None = None, half: bool = False, card_extra: str | None = None) -> Path:
+    """Write a bundle from a training run.
+
+    ``half``: store float weights as float16 (half the size; the engine computes in
+    float32/bfloat16 either way). ``card_extra``: Markdown appended to the model card
+    (e.g. leave-one-out results).
+    """
     import yaml
 
     from LiverCTSegmentationLib.engine.bundle import ModelBundle, save_bundle
@@ -302,7 +316,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, metrics_path: str | Pat
     if "coarse" not in present:
         raise ExportError(f"{run / f'{checkpoint}_coarse.pt'} not found: the coarse stage is required")
     states = {s: load_state_dict(run / f"{checkpoint}_{s}.pt") for s in present}
+    if half:
+        states = {s: {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()} for s, sd in states.items()}
     split_p = Path((cfg.get("data") or {}).get("split_file") or run / "split.json")
+    if not split_p.is_file():  # a run trained on another machine: its split travels in the run folder
+        split_p = run / "split.json"
     split = json.loads(split_p.read_text(encoding="utf-8")) if split_p.is_file() else None
     metrics = _read_metrics(metrics_path)
     cmd_file = run / "command.txt"
@@ -316,8 +334,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, metrics_path: str | Pat
     out = save_bundle(Path(out_dir), desc, states, overwrite=overwrite)
     saved = json.loads((out / "model.json").read_text(encoding="utf-8"))
     checksums = data_checksums(split) if hash_data else []
-    write_model_card(out / "MODEL_CARD.md", saved, cfg, metrics, split,
-                     _sha256_file(split_p) if split else None, checksums, command)
+    card = write_model_card(out / "MODEL_CARD.md", saved, cfg, metrics, split,
+                            _sha256_file(split_p) if split else None, checksums, command)
+    if card_extra:
+        text = card.read_text(encoding="utf-8").replace(NOT_EVALUATED, "See the evaluation sections at the end of this card.")
+        card.write_text(text + "\n" + card_extra.strip() + "\n", encoding="utf-8")
     ModelBundle.load(out)  # verify what we wrote loads (hashes, strict state dicts)
     return out
 
@@ -335,12 +356,15 @@ def main_export(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default="best", choices=["best", "last"])
     ap.add_argument("--no-data-checksums", action="store_true", help="skip hashing the data files for the card")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--half", action="store_true", help="store weights as float16 (half the bundle size)")
+    ap.add_argument("--card-extra", help="Markdown file appended to MODEL_CARD.md (e.g. loo/loo_summary.md)")
     a = ap.parse_args(argv)
     from LiverCTSegmentationLib.engine.errors import LiverSegError
 
     try:
         out = export_run(a.run, a.out or Path(a.run) / "bundle", a.metrics, a.name, a.version, a.demo,
-                         a.overwrite, a.checkpoint, not a.no_data_checksums, a.description)
+                         a.overwrite, a.checkpoint, not a.no_data_checksums, a.description, a.half,
+                         Path(a.card_extra).read_text(encoding="utf-8") if a.card_extra else None)
     except (ExportError, LiverSegError, OSError) as e:
         print(f"error: {e}")
         return 2

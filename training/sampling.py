@@ -27,15 +27,18 @@ class StageCase:
     fg_idx: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int32))
     tumor_idx: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int32))
     pad_value: float = 0.0
+    #: Raw cached label values (organ ids >= 3 where a multi-organ map was given); the torch
+    #: augmentation backend draws these and maps them to classes itself.
+    labels: np.ndarray | None = None
 
     @classmethod
     def build(cls, case_id: str, image: np.ndarray, target: np.ndarray, spacing, tumor_class: int | None,
-              seed: int = 0) -> "StageCase":
+              seed: int = 0, labels: np.ndarray | None = None) -> "StageCase":
         rng = np.random.default_rng(seed)
         fg = _subsample(np.argwhere(target > 0), rng)
         tu = _subsample(np.argwhere(target == tumor_class), rng) if tumor_class is not None else np.zeros((0, 3), np.int32)
         pad = float(image.min()) if image.size else 0.0
-        return cls(case_id, image, target, tuple(spacing), fg, tu, pad)
+        return cls(case_id, image, target, tuple(spacing), fg, tu, pad, labels)
 
 
 def _subsample(idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -50,7 +53,10 @@ def label_lut(class_to_label: Sequence[int], any_nonzero_is_foreground: bool) ->
     for c, lab in enumerate(class_to_label):
         lut[int(lab)] = c
     if any_nonzero_is_foreground:
-        lut[1:] = 1
+        # Liver and tumour (and any label the stage outputs) form the region; organ ids from
+        # a multi-organ map (3, 4, ...) that the stage does not output stay background.
+        for lab in {1, 2} | {int(v) for v in class_to_label if int(v)}:
+            lut[lab] = 1
     return lut
 
 
@@ -77,15 +83,19 @@ def choose_centre(case: StageCase, rng: np.random.Generator, fg_prob: float, tum
 
 
 def sample_patch(case: StageCase, patch_size: Sequence[int], rng: np.random.Generator,
-                 fg_prob: float, tumor_prob: float) -> tuple[np.ndarray, np.ndarray]:
-    """(image, target) patch; a 2-value patch_size samples an axial slice (k) and a 2D window."""
+                 fg_prob: float, tumor_prob: float, raw_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(image, target) patch; a 2-value patch_size samples an axial slice (k) and a 2D window.
+
+    ``raw_labels``: return the case's raw label values instead of class indices.
+    """
     c = choose_centre(case, rng, fg_prob, tumor_prob)
+    lab = case.labels if raw_labels and case.labels is not None else case.target
     if len(patch_size) == 2:
         k = int(c[0])
-        img, tgt = case.image[k], case.target[k]
+        img, tgt = case.image[k], lab[k]
         c = c[1:]
     else:
-        img, tgt = case.image, case.target
+        img, tgt = case.image, lab
     # Random offset of the centre inside the patch so foreground is not always in the middle.
     jitter = [int(rng.integers(-(p // 4), p // 4 + 1)) for p in patch_size]
     lo = [int(cc) - p // 2 + j for cc, p, j in zip(c, patch_size, jitter)]
@@ -98,9 +108,12 @@ class PatchDataset:
 
     def __init__(self, cases: list[StageCase], patch_size: Sequence[int], length: int, seed: int,
                  fg_prob: float, tumor_prob: float, rank: int = 0,
-                 transform: Callable[[dict, int], dict] | None = None):
+                 transform: Callable[[dict, int], dict] | None = None, raw_labels: bool = False):
+        """``raw_labels``: yield (float16 image crop, uint8 raw labels) of ``patch_size`` for an
+        on-device augmenter (the torch backend) instead of augmented (image, class) patches."""
         if not cases:
             raise ValueError("no training cases for this stage")
+        self.raw_labels = bool(raw_labels)
         self.cases, self.patch_size, self.length = cases, tuple(int(p) for p in patch_size), int(length)
         self.seed, self.rank, self.epoch = int(seed), int(rank), 0
         self.fg_prob, self.tumor_prob, self.transform = float(fg_prob), float(tumor_prob), transform
@@ -116,7 +129,9 @@ class PatchDataset:
 
         rng = sample_rng(self.seed, self.rank, self.epoch, index)
         case = self.cases[int(rng.integers(len(self.cases)))]
-        img, tgt = sample_patch(case, self.patch_size, rng, self.fg_prob, self.tumor_prob)
+        img, tgt = sample_patch(case, self.patch_size, rng, self.fg_prob, self.tumor_prob, self.raw_labels)
+        if self.raw_labels:
+            return torch.from_numpy(img[None].astype(np.float16)), torch.from_numpy(np.ascontiguousarray(tgt))
         sample = {"image": img[None], "label": tgt[None].astype(np.float32)}
         if self.transform is not None:
             sample = self.transform(sample, int(rng.integers(2**31 - 1)))

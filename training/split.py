@@ -80,6 +80,37 @@ def make_split(cases: Sequence[Case], seed: int = 0, fractions: Sequence[float] 
     return out
 
 
+def explicit_split(cases: Sequence[Case], val: Sequence[str] = (), test: Sequence[str] = ()) -> dict[str, Any]:
+    """A split with named validation/test cases (e.g. one leave-one-out fold); the rest train.
+
+    Names are case ids; every case of the same patient follows its named case, so a
+    patient never straddles subsets. An unknown name is an error.
+    """
+    if not cases:
+        raise SplitError("no cases to split")
+    by_id = {c.case_id: c for c in cases}
+    unknown = sorted(n for n in set(val) | set(test) if n not in by_id)
+    if unknown:
+        raise SplitError(f"split names unknown cases {unknown}; known: {sorted(by_id)[:20]}")
+    test_p = {by_id[n].patient_id for n in test}
+    val_p = {by_id[n].patient_id for n in val}
+    if test_p & val_p:
+        raise SplitError(f"patients {sorted(test_p & val_p)} are named for both val and test")
+    assign = {c.patient_id: "test" if c.patient_id in test_p else "val" if c.patient_id in val_p else "train"
+              for c in cases}
+    if not any(v == "train" for v in assign.values()):
+        raise SplitError("the named val/test cases leave nothing to train on")
+    out: dict[str, Any] = {
+        "format_version": 1, "seed": None, "fractions": None, "level": "patient", "explicit": True,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "case_list_sha256": case_list_sha256(cases),
+        "cases": {c.case_id: c.to_dict() for c in sorted(cases, key=lambda c: c.case_id)},
+    }
+    for sub in SUBSETS:
+        out[sub] = sorted(c.case_id for c in cases if assign[c.patient_id] == sub)
+    return out
+
+
 def write_split(split: Mapping[str, Any], path: str | Path) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +143,7 @@ def load_or_create_split(
     seed: int = 0,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     force: bool = False,
+    explicit: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Reuse the split at ``path`` if it matches ``cases``; create it if absent.
 
@@ -120,6 +152,16 @@ def load_or_create_split(
     than the stored ones is also an error unless ``force``.
     """
     p = Path(path)
+    if explicit is not None:
+        wanted = explicit_split(cases, val=explicit[0], test=explicit[1])
+        if p.exists() and not force:
+            split = read_split(p)
+            if any(sorted(split[s]) != wanted[s] for s in SUBSETS):
+                raise SplitError(f"{p} holds a different split than the config's named val/test cases; "
+                                 "use another run folder or re-split deliberately with --force")
+            return split
+        write_split(wanted, p)
+        return wanted
     if p.exists() and not force:
         split = read_split(p)
         stored = set(split.get("cases") or [i for s in SUBSETS for i in split[s]])

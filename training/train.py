@@ -51,7 +51,9 @@ def split_cases(cfg: dict, run_dir: Path, write: bool = True) -> dict[str, list]
 
     cases = read_dataset(data)
     seed, fractions = split_params(cfg)
-    split = load_or_create_split(split_file, cases, seed=seed, fractions=fractions)
+    named = data.get("split") or {}
+    explicit = ((named.get("val") or []), (named.get("test") or [])) if ("test" in named or "val" in named) else None
+    split = load_or_create_split(split_file, cases, seed=seed, fractions=fractions, explicit=explicit)
     return {s: subset_cases(split, s, cases) for s in ("train", "val", "test")}
 
 
@@ -69,19 +71,30 @@ def stage_case(case, stage_name: str, st: dict, cfg: dict) -> StageCase:
     from .cache import load_cached
 
     data = cfg["data"]
-    cached = load_cached(case, st, data["cache_dir"], data["task"], data.get("label_mapping"))
+    cached = load_cached(case, st, data["cache_dir"], data["task"], data.get("label_mapping"),
+                         hash_files=bool(data.get("cache_hash_files", False)))
     spacing = tuple(float(s) for s in st["spacing"])
     c2l = list(st.get("class_to_label", list(range(int(st["architecture"]["out_channels"])))))
     lut = label_lut(c2l, any_nonzero_is_foreground=(stage_name == "coarse"))
-    image, target = np.asarray(cached.image), lut[np.asarray(cached.label)]
+    raw = np.asarray(cached.label)
+    image, target = np.asarray(cached.image), lut[raw]
     if stage_name == "fine":
         # Train where inference looks: the liver box plus the bundle's margin.
         margin = float(st.get("margin_mm", 20.0))
         margin_vox = np.ceil(margin / np.array(spacing[::-1])).astype(int)
         box = _liver_box(target, margin_vox)
-        image, target = np.ascontiguousarray(image[box]), np.ascontiguousarray(target[box])
+        image, target, raw = (np.ascontiguousarray(a[box]) for a in (image, target, raw))
     tumor_class = c2l.index(2) if 2 in c2l and data["task"] != "lung_tumor" else None
-    return StageCase.build(case.case_id, image, target, spacing, tumor_class, seed=int(cfg["train"]["seed"]))
+    keep_raw = _aug_backend(cfg, st) == "torch"
+    return StageCase.build(case.case_id, image, target, spacing, tumor_class, seed=int(cfg["train"]["seed"]),
+                           labels=np.ascontiguousarray(raw, dtype=np.uint8) if keep_raw else None)
+
+
+def _aug_backend(cfg: dict, st: dict) -> str:
+    from .config import deep_merge
+
+    t = deep_merge(cfg["train"], st.get("train") or {})
+    return str((t.get("augmentation") or {}).get("backend", "monai")).lower()
 
 
 def load_stage_cases(cases: list, stage_name: str, st: dict, cfg: dict, desc: str) -> list[StageCase]:
@@ -180,6 +193,15 @@ def validate(model, val: list[StageCase], st: dict, device, info: D.DistInfo) ->
     return metrics, example
 
 
+def _batch_generator(device, seed: int, rank: int, epoch: int, it: int):
+    """A generator for one batch's on-device augmentation: same draws for the same (seed, rank, epoch, it)."""
+    import torch
+
+    g = torch.Generator(device=device)
+    g.manual_seed(int(np.random.default_rng([int(seed), int(rank), int(epoch), int(it), 7]).integers(2**62)))
+    return g
+
+
 # --------------------------------------------------------------- checkpoints
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
@@ -252,9 +274,26 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
     dims = spatial_dims(arch)
     # 2D networks: the bundle's patch is (1, H, W); training draws (H, W) slices.
     patch = tuple(int(p) for p in st["patch_size"])[3 - dims:]
-    ds = PatchDataset(train_cases, patch, iters * bs, seed, float(t["fg_oversample"]),
-                      float(t["tumor_oversample"]), rank=info.rank,
-                      transform=build_augmentation(t.get("augmentation", {}), dims))
+    aug_cfg = t.get("augmentation", {}) or {}
+    on_device = None
+    if str(aug_cfg.get("backend", "monai")).lower() == "torch":
+        # Crop only in the loader; augment whole batches on the training device.
+        from .augment_torch import build_torch_augmentation
+
+        c2l = list(st.get("class_to_label", list(range(int(arch["out_channels"])))))
+        lo, hi = (float(v) for v in st["intensity"]["clip"])
+        mean, std = float(st["intensity"].get("mean", 0.0)), float(st["intensity"].get("std", 1.0))
+        tumor_class = c2l.index(2) if 2 in c2l and cfg["data"]["task"] != "lung_tumor" else None
+        on_device = build_torch_augmentation(
+            aug_cfg, patch, label_lut(c2l, any_nonzero_is_foreground=(stage_name == "coarse")),
+            lesions=t.get("lesions"), spacing=st["spacing"], liver_class=1, tumor_class=tumor_class,
+            clip=((lo - mean) / std, (hi - mean) / std))
+        ds = PatchDataset(train_cases, on_device.crop, iters * bs, seed, float(t["fg_oversample"]),
+                          float(t["tumor_oversample"]), rank=info.rank, raw_labels=True)
+    else:
+        ds = PatchDataset(train_cases, patch, iters * bs, seed, float(t["fg_oversample"]),
+                          float(t["tumor_oversample"]), rank=info.rank,
+                          transform=build_augmentation(aug_cfg, dims))
     nw = int(t.get("num_workers", 0))
     loader_kw = dict(batch_size=bs, shuffle=False, num_workers=nw, worker_init_fn=worker_init_fn,
                      generator=make_generator(seed), drop_last=True, pin_memory=device.type == "cuda")
@@ -276,8 +315,11 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
         loader = torch.utils.data.DataLoader(ds, **loader_kw)
         t0, losses = time.perf_counter(), []
         bar = tqdm(loader, desc=f"{stage_name} {epoch + 1}/{epochs}", disable=not info.is_main, leave=False)
-        for x, y in bar:
+        for it, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if on_device is not None:
+                with torch.no_grad():
+                    x, y = on_device(x, y, _batch_generator(device, seed, info.rank, epoch, it))
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 loss = loss_fn(model(x), y)
