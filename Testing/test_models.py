@@ -116,12 +116,28 @@ FAST = {"timeout": 0.3, "retries": 2, "backoff": 0.01}
 # ------------------------------------------------------------------ manifest
 def test_shipped_manifest_and_default(repo_root: Path) -> None:
     data = models.load_manifest()
-    assert data["default"] == "liverct-phantom-demo"
+    assert data["default"] == "liverct-real"
     entry = next(m for m in data["models"] if m["name"] == data["default"])
     assert entry["bundled"] is True and entry["url"] is None
-    assert models.default_bundle_dir() == repo_root / "LiverCTSegmentation/Resources/Models/liverct-phantom-demo"
+    assert models.default_bundle_dir() == repo_root / "LiverCTSegmentation/Resources/Models/liverct-real"
     infos = models.list_models()
-    assert [i.name for i in infos if i.default] == ["liverct-phantom-demo"]
+    assert [i.name for i in infos if i.default] == ["liverct-real"]
+    # The phantom demo model stays installed (test fixture, comparison), but is not the default.
+    assert "liverct-phantom-demo" in [i.name for i in infos]
+
+
+def test_shipped_bundles_load_and_stay_small(repo_root: Path) -> None:
+    from LiverCTSegmentationLib.engine.bundle import ModelBundle
+
+    for m in models.load_manifest()["models"]:
+        folder = repo_root / "LiverCTSegmentation/Resources/Models" / m["name"]
+        bundle = ModelBundle.load(folder)  # SHA256 and strict state dicts verified
+        assert bundle.version == m["version"]
+        size = sum(p.stat().st_size for p in folder.iterdir())
+        assert size < 15e6, f"{m['name']} is {size / 1e6:.1f} MB"
+    real = ModelBundle.load(repo_root / "LiverCTSegmentation/Resources/Models/liverct-real")
+    assert real.description["demo"] is False and set(real.stages) == {"coarse", "fine"}
+    assert all(st.orientation == "canonical" for st in real.stages.values())
 
 
 @pytest.mark.parametrize("bad", ["../evil", "a/b", ".hidden", ""])

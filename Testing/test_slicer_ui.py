@@ -127,7 +127,9 @@ def test_module_file_metadata_with_fakes():
     assert m.parent.title == "Liver CT Segmentation"
     assert m.parent.categories == ["Segmentation"]
     help_text = m.parent.helpText.lower()
-    assert "demo" in help_text and "phantom" in help_text and "research use only" in help_text
+    # The help states the default model's limits (three training CTs, unreliable tumours) and use.
+    assert "three public cts" in help_text and "tumour output is unreliable" in help_text
+    assert "research use only" in help_text
     ack = m.parent.acknowledgementText
     for name in ("LiTS", "CHAOS", "TotalSegmentator", "mlf-core"):
         assert name in ack
