@@ -247,6 +247,6 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
     # ------------------------------------------------------ paste back
     progress.stage("resample", 0.97, 0.99)
     t = time.perf_counter()
-    out = resample_labels_to_reference(label, volume)
+    out = resample_labels_to_reference(label, volume, smooth=True)
     timings["resample"] = time.perf_counter() - t
     return result(out)

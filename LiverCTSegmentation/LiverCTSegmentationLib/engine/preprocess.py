@@ -165,22 +165,46 @@ def voxel_box_corners(vol: Volume, lo_ijk, hi_ijk) -> np.ndarray:
     return vol.physical_points(corners)
 
 
-def resample_labels_to_reference(label: Volume, reference: Volume) -> Volume:
-    """Nearest-neighbour uint8 labels onto ``reference``'s exact grid (through physical space).
+SMOOTH_CHUNK_VOXELS = 8_000_000  # float32 working set of the smooth paste-back: ~32 MB per chunk
+
+
+def resample_labels_to_reference(label: Volume, reference: Volume, smooth: bool = False) -> Volume:
+    """uint8 labels onto ``reference``'s exact grid (through physical space).
 
     Only the part of the reference grid covered by ``label`` is resampled
-    (labels are 0 elsewhere); no float array is ever allocated at the
-    reference's resolution, and the reference's voxels are never copied.
+    (labels are 0 elsewhere), and the reference's voxels are never copied.
+    ``smooth=False``: nearest neighbour. ``smooth=True``: each nested region
+    (label >= v, for v ascending: liver-with-tumour, then tumour) is
+    interpolated linearly and cut at 0.5, so coarse-grid staircases become
+    smooth boundaries at the finer native resolution (closer to what
+    interpolating probabilities gives), processed in slabs of at most
+    ``SMOOTH_CHUNK_VOXELS`` so no float array of the whole CT is ever made.
     """
     lab = label if label.array.dtype == np.uint8 else label.with_array(label.array.astype(np.uint8))
     out = np.zeros(reference.shape_kji[:3], dtype=np.uint8)
     rng = physical_box_to_index_range(reference, voxel_box_corners(lab, (0, 0, 0), np.asarray(lab.size_ijk) - 1))
-    if rng is not None and lab.array.any():
-        lo, hi = rng
+    if rng is None or not lab.array.any():
+        return Volume(out, reference.spacing, reference.origin, reference.direction.copy())
+    lo, hi = rng
+    if not smooth:
         size = hi - lo + 1
         origin = reference.physical_points(lo[None, :].astype(float))[0]
         sub = _resample_onto(lab, size, reference.spacing, origin, reference.direction, "nearest", 0)
         out[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = sub
+        return Volume(out, reference.spacing, reference.origin, reference.direction.copy())
+    values = [int(v) for v in np.unique(lab.array) if v]
+    masks = [lab.with_array((lab.array >= v).astype(np.float32)) for v in values]
+    plane = int((hi[0] - lo[0] + 1) * (hi[1] - lo[1] + 1))
+    step = max(1, SMOOTH_CHUNK_VOXELS // max(plane, 1))
+    for k0 in range(int(lo[2]), int(hi[2]) + 1, step):
+        k1 = min(int(hi[2]), k0 + step - 1)
+        c_lo = np.array([lo[0], lo[1], k0])
+        size = np.array([hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, k1 - k0 + 1])
+        origin = reference.physical_points(c_lo[None, :].astype(float))[0]
+        slab = out[k0:k1 + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
+        for v, m in zip(values, masks):
+            f = _resample_onto(m, size, reference.spacing, origin, reference.direction, "linear", 0.0)
+            slab[f >= 0.5] = v
     return Volume(out, reference.spacing, reference.origin, reference.direction.copy())
 
 
