@@ -1,12 +1,15 @@
 """End-to-end: the web app in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
 
 One server (phantom CT + deterministic threshold bundle) and one page for the
-module; tests run in file order (segment -> paint/undo -> save -> upload).
-All traffic goes to 127.0.0.1; every wait is bounded; the server is killed at the end.
+module; tests run in file order (segment -> paint/undo -> save -> bad uploads
+-> good upload -> open from the list). All traffic goes to 127.0.0.1; every
+wait is bounded; the server is killed at the end. Without chromium, playwright
+or trame-slicer the tests skip, or fail when ``LIVERCT_REQUIRE_BROWSER=1`` (CI).
 """
 from __future__ import annotations
 
 import gzip
+import importlib
 import io as _io
 import os
 import shutil
@@ -16,9 +19,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 CHROMIUM = os.environ.get("LIVERCT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -27,11 +32,27 @@ ROOT = Path(__file__).resolve().parents[1]
 LIVER_RGB = (221, 130, 101)
 
 
-def _need_browser_stack():
+def _missing_browser_stack() -> Optional[str]:
+    """Why the browser tests cannot run here, or None."""
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"chromium not found at {CHROMIUM} (scripts/install_browser.sh installs it)")
-    pytest.importorskip("playwright.sync_api", reason="playwright (python) not installed")
-    pytest.importorskip("trame_slicer", reason="web extra (trame-slicer) not installed")
+        return f"chromium not found at {CHROMIUM} (scripts/install_browser.sh installs it)"
+    for module, what in (("playwright.sync_api", "playwright (python)"),
+                         ("trame_slicer", "the web extra (trame-slicer)")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return f"{what} not installed (scripts/install_browser.sh installs it)"
+    return None
+
+
+def _need_browser_stack() -> None:
+    """Skip with the reason; CI sets LIVERCT_REQUIRE_BROWSER=1 so a broken install fails instead."""
+    missing = _missing_browser_stack()
+    if missing is None:
+        return
+    if os.environ.get("LIVERCT_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"LIVERCT_REQUIRE_BROWSER=1 but {missing}", pytrace=False)
+    pytest.skip(missing)
 
 
 def _free_port() -> int:
@@ -62,9 +83,14 @@ def web_env(tmp_path_factory):
     ct, lab = make_phantom(3, shape_kji=(40, 96, 96), orientation="LPS", fov="full", n_lesions=0,
                            contrast="portal", noise=5)
     io.write_volume(ct, data / "phantom.nii.gz")
+    small, _ = make_phantom(6, shape_kji=(16, 48, 48), orientation="LPS", fov="full", n_lesions=0, noise=5)
+    io.write_volume(small, data / "phantom2.nii.gz")  # second CT to pick from the list
+    io.write_volume(small, tmp / "small_upload.nii.gz")  # valid upload, under the 1 MB limit
     bundle = make_box_bundle(tmp / "bundle", liver_hu=(100.0, 175.0), two_stage=False)
     port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow",
+    server_tmp = tmp / "server_tmp"  # the server's private upload folder lands here, so tests can look in
+    server_tmp.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow", TMPDIR=str(server_tmp),
                PYTHONPATH=os.pathsep.join([str(ROOT / "LiverCTSegmentation"), os.environ.get("PYTHONPATH", "")]))
     log = open(tmp / "server.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "LiverCTSegmentationLib.web.app", "phantom.nii.gz",
@@ -78,7 +104,8 @@ def web_env(tmp_path_factory):
                 log.flush()
                 pytest.fail("web server did not start:\n" + (tmp / "server.log").read_text()[-3000:])
             time.sleep(0.5)
-        yield {"url": url, "data": data, "ct": ct, "label": lab, "proc": proc, "tmp": tmp}
+        yield {"url": url, "data": data, "ct": ct, "label": lab, "proc": proc, "tmp": tmp, "bundle": bundle,
+               "server_tmp": server_tmp}
     finally:
         proc.terminate()
         try:
@@ -132,6 +159,53 @@ def _liver_coloured(rgb: np.ndarray) -> np.ndarray:
     return (r - b > 35) & (r - g > 20)
 
 
+def _screen_mask(mask_ji: np.ndarray, shape_hw: tuple[int, int], scale: float) -> np.ndarray:
+    """Voxel mask of an axial (k) slice -> where it lies in the axial view's pixels.
+
+    Slicer centres the volume in a slice view and keeps pixels square; for our
+    LPS grid the view's x follows i (patient left on screen right) and y follows j.
+    """
+    h, w = shape_hw
+    nj, ni = mask_ji.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    i = np.rint((xx + 0.5 - w / 2) / scale + (ni - 1) / 2).astype(int)
+    j = np.rint((yy + 0.5 - h / 2) / scale + (nj - 1) / 2).astype(int)
+    inside = (i >= 0) & (i < ni) & (j >= 0) & (j < nj)
+    out = np.zeros((h, w), bool)
+    out[inside] = mask_ji[j[inside], i[inside]]
+    return out
+
+
+def _axial_scale(rgb: np.ndarray, ct_slice: np.ndarray) -> float:
+    """Pixels per voxel, from the body's anterior edge (its top row on screen) and the view's centre."""
+    h = rgb.shape[0]
+    bright_rows = np.nonzero((rgb.max(axis=2)[40:h - 40] > 40).sum(axis=1) > 10)[0] + 40  # skip icons, slider
+    top_j = np.nonzero((ct_slice > -500).any(axis=1))[0][0]
+    return (h / 2 - bright_rows[0]) / ((ct_slice.shape[0] - 1) / 2 - top_j + 0.5)
+
+
+# JS run in the page before "Run segmentation": every DOM change (MutationObserver) records
+# whether the progress bar was visible, the highest value it showed, and the stage captions.
+_WATCH_PROGRESS = """() => {
+  const seen = window.__lwProgress = {visible: false, max: -1, stages: []};
+  const look = () => {
+    const bar = document.querySelector('[data-testid=lw-progress]');
+    if (bar && bar.offsetParent !== null && getComputedStyle(bar).display !== 'none') {
+      seen.visible = true;
+      seen.max = Math.max(seen.max, +(bar.getAttribute('aria-valuenow') || 0));
+    }
+    const stage = (document.querySelector('[data-testid=lw-stage]') || {}).textContent || '';
+    if (stage.trim() && !seen.stages.includes(stage.trim())) seen.stages.push(stage.trim());
+  };
+  new MutationObserver(look).observe(document.body, {subtree: true, childList: true, attributes: true,
+                                                      characterData: true});
+}"""
+
+
+def _upload_folder_files(web_env) -> list[Path]:
+    return [p for d in web_env["server_tmp"].glob("liverseg-web-upload-*") for p in d.iterdir()]
+
+
 def _poll(fn, timeout_s: float = 20.0, every: float = 0.5):
     deadline = time.time() + timeout_s
     while True:
@@ -154,22 +228,43 @@ def _stroke(pg, x0: float, x1: float, y: float) -> None:
 
 
 # ------------------------------------------------------------------ tests
-def test_segment_then_liver_shows_in_axial_and_3d(page, web_env):
+def test_require_flag_turns_missing_browser_into_a_failure(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.delenv("LIVERCT_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="chromium not found"):
+        _need_browser_stack()
+    monkeypatch.setenv("LIVERCT_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="LIVERCT_REQUIRE_BROWSER=1 but chromium not found"):
+        _need_browser_stack()
+
+
+def test_segment_shows_progress_then_liver_in_axial_and_3d(page, web_env):
     assert "phantom.nii.gz" in page.inner_text("[data-testid=lw-ct-name]")
     assert _voxels(page) == 0
+    page.evaluate(_WATCH_PROGRESS)
     page.click("[data-testid=lw-run]")
     n = _wait_voxels(page, "v > 0", 90_000)
     assert n > 1000
     assert float(page.inner_text("[data-testid=lw-liver-ml]")) > 0
+    seen = page.evaluate("() => window.__lwProgress")
+    assert seen["visible"], "the progress bar never showed during the run"
+    assert seen["max"] > 0, seen
+    assert any(s.endswith("%") for s in seen["stages"]), seen  # "<stage> NN%" caption while busy
+    assert not page.locator("[data-testid=lw-progress]").is_visible()  # hidden again when done
 
     axial = _poll(lambda: (lambda px: px if _liver_coloured(px).sum() > 200 else None)(_view_pixels(page, 0)))
     assert axial is not None, "liver colour never appeared in the axial view"
-    # Where the phantom's liver is: patient right, i.e. low i on an LPS grid, which Slicer shows on screen left.
-    lab = web_env["label"].array
-    ii = np.nonzero(lab == 1)[2]
-    expect_left = ii.mean() < lab.shape[2] / 2
-    cols = np.nonzero(_liver_coloured(axial))[1]
-    assert (cols.mean() < axial.shape[1] / 2) == expect_left
+    # Map the phantom onto the view (centre of volume at centre of view, scale from the body's edge) and
+    # check the colour lies on the phantom's liver: a left-right flip or a shifted overlay fails this.
+    ct, lab = web_env["ct"].array, web_env["label"].array
+    k = ct.shape[0] // 2  # reset views show the middle slice; with an even count it may be either neighbour
+    scale = _axial_scale(axial, ct[k])
+    coloured = _liver_coloured(axial)
+    coloured[:40] = coloured[-40:] = False  # view icons and slice slider
+    projected = _screen_mask(ndimage.binary_dilation((lab == 1).any(axis=0)), axial.shape[:2], scale)
+    on_slice = _screen_mask((lab[k] == 1) | (lab[k - 1] == 1), axial.shape[:2], scale)
+    assert (coloured & projected).sum() / coloured.sum() > 0.75, "liver colour outside the phantom's liver"
+    assert (coloured & on_slice).sum() / on_slice.sum() > 0.8, "the phantom's liver is not coloured"
 
     three_d = _poll(lambda: (lambda px: px if _liver_coloured(px).mean() > 0.01 else None)(_view_pixels(page, 1)))
     assert three_d is not None, "3D view shows no liver surface"
@@ -190,25 +285,56 @@ def test_paint_grows_liver_and_undo_restores(page):
     assert _wait_voxels(page, f"v === {before}") == before
 
 
-def test_save_writes_the_edited_segmentation_on_the_ct_grid(page, web_env):
-    from LiverCTSegmentationLib.engine import io
+def _save(page, name: str) -> None:
+    page.fill("[data-testid=lw-out-name] input", name)
+    page.click("[data-testid=lw-save]")
+    page.wait_for_function(
+        f"() => document.querySelector('[data-testid=lw-saved]').textContent.includes('{name}.nii.gz')")
+
+
+def test_save_writes_the_model_result_and_the_edit_voxel_by_voxel(page, web_env):
+    from LiverCTSegmentationLib.engine import io, pipeline
+    from LiverCTSegmentationLib.engine.bundle import ModelBundle
     from LiverCTSegmentationLib.engine.segfile import read_seg_nrrd
+
+    data, ct = web_env["data"], web_env["ct"]
+    # Unedited (paint was undone): exactly what the deterministic model gives for this CT.
+    _save(page, "model")
+    expected = pipeline.segment(ct, ModelBundle.load(web_env["bundle"]), pipeline.SegmentOptions(device="cpu"))
+    model = io.read_volume(data / "model.nii.gz")
+    assert model.array.dtype == np.uint8 and model.same_grid(ct)
+    assert np.array_equal(model.array, expected.labelmap.array)
 
     before = _voxels(page)
     _stroke(page, 0.05, 0.35, 0.10)
-    edited = _wait_voxels(page, f"v > {before}")
-    page.fill("[data-testid=lw-out-name] input", "edited")
-    page.click("[data-testid=lw-save]")
-    page.wait_for_function("() => document.querySelector('[data-testid=lw-saved]').textContent.includes('edited')")
-    data = web_env["data"]
+    edited_count = _wait_voxels(page, f"v > {before}")
+    _save(page, "edited")
     nii = io.read_volume(data / "edited.nii.gz")
-    assert nii.array.dtype == np.uint8
-    assert nii.same_grid(web_env["ct"])
-    assert int(np.count_nonzero(nii.array == 1)) == edited
-    seg, labels = read_seg_nrrd(data / "edited.seg.nrrd")
-    assert seg.same_grid(web_env["ct"])
+    assert nii.array.dtype == np.uint8 and nii.same_grid(ct)
+    assert int(np.count_nonzero(nii.array == 1)) == edited_count
+    # The edit is exactly the painted voxels: all label 1, in the air above the body, in a thin slab
+    # (the brush is a small sphere) around the axial slice on screen.
+    changed = nii.array != model.array
+    painted = changed & (nii.array == 1) & (model.array == 0)
+    assert painted.any() and np.array_equal(changed, painted)
+    assert (ct.array[painted] < -500).all()
+    k_mid, ks = ct.array.shape[0] // 2, np.nonzero(painted)[0]
+    assert k_mid - 4 <= ks.min() and ks.max() <= k_mid + 3, sorted(set(ks.tolist()))
+
+    seg, segments = read_seg_nrrd(data / "edited.seg.nrrd")
+    assert seg.same_grid(ct)
     assert np.array_equal(np.asarray(seg.array), nii.array)
-    assert [d["name"] for d in labels][:1] == ["Liver"]
+    by_name = {s["name"]: s for s in segments}
+    assert set(by_name) == {"Liver", "Liver tumor"}
+    liver, tumor = by_name["Liver"], by_name["Liver tumor"]
+    assert (liver["value"], tumor["value"]) == (1, 2)
+    assert np.allclose(liver["color"], np.array([221, 130, 101]) / 255, atol=1e-3)
+    assert np.allclose(tumor["color"], np.array([144, 238, 144]) / 255, atol=1e-3)
+    # Slicer TerminologyEntry: context ~ category ~ type ~ type modifier ~ anatomic context ~ region ~ ...
+    liver_term, tumor_term = liver["terminology"].split("~"), tumor["terminology"].split("~")
+    assert liver_term[1] == "SCT^123037004^Anatomical Structure" and liver_term[2] == "SCT^10200004^Liver"
+    assert tumor_term[2] == "SCT^108369006^Neoplasm" and tumor_term[5] == "SCT^10200004^Liver"
+
     # Saving again must not overwrite silently.
     stamp = (data / "edited.nii.gz").stat().st_mtime_ns
     page.click("[data-testid=lw-save]")
@@ -235,3 +361,25 @@ def test_broken_or_oversized_upload_shows_error_and_server_keeps_serving(page, w
     assert _http_ok(web_env["url"])
     assert "phantom.nii.gz" in page.inner_text("[data-testid=lw-ct-name]")
     assert _voxels(page) > 0
+    assert _upload_folder_files(web_env) == []  # refused uploads leave nothing behind
+
+
+def test_valid_upload_replaces_the_ct(page, web_env):
+    page.set_input_files("[data-testid=lw-upload] input[type=file]", str(web_env["tmp"] / "small_upload.nii.gz"))
+    page.wait_for_function("() => document.querySelector('[data-testid=lw-ct-name]').textContent"
+                           ".includes('small_upload.nii.gz')")
+    assert _wait_voxels(page, "v === 0") == 0  # a fresh scene: the old segmentation is gone
+    assert page.input_value("[data-testid=lw-out-name] input") == "small_upload_liverseg"
+    assert [p.name.split("_", 1)[1] for p in _upload_folder_files(web_env)] == ["small_upload.nii.gz"]
+
+
+def test_open_a_ct_picked_from_the_data_folder_list(page, web_env):
+    page.click("[data-testid=lw-file-select]")
+    page.locator(".v-overlay .v-list-item", has_text="phantom2.nii.gz").click()
+    page.click("[data-testid=lw-open]")
+    page.wait_for_function("() => document.querySelector('[data-testid=lw-ct-name]').textContent"
+                           ".includes('phantom2.nii.gz')")
+    assert "Opened phantom2.nii.gz" in page.inner_text("[data-testid=lw-message]")
+    assert page.input_value("[data-testid=lw-out-name] input") == "phantom2_liverseg"
+    assert _poll(lambda: True if _upload_folder_files(web_env) == [] else None, 10), \
+        "the replaced CT's upload was left in the server's temp folder"

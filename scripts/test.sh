@@ -3,7 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# Browser tests need Debian chromium (installed here when root; they skip with a reason otherwise).
-bash scripts/install_browser.sh || echo "warning: browser install failed; browser tests will skip" >&2
+# Browser tests need Debian chromium (installed here when root). They skip with a reason when the
+# browser stack is missing, unless LIVERCT_REQUIRE_BROWSER=1 (.ci/run sets it): then they fail, and a
+# failed install stops here.
+if ! bash scripts/install_browser.sh; then
+  if [ "${LIVERCT_REQUIRE_BROWSER:-0}" = 1 ]; then
+    echo "error: browser install failed and LIVERCT_REQUIRE_BROWSER=1" >&2
+    exit 1
+  fi
+  echo "warning: browser install failed; browser tests will skip" >&2
+fi
 export QT_QPA_PLATFORM=offscreen
 exec .venv/bin/python -m pytest -q -rs "$@"

@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..engine.errors import InputError, LiverSegError
+from .run_guard import SceneIdentity, StaleResultError, refuse_while_busy
 from .safe_paths import DataFolder
+from .saving import write_outputs
 from .stats_panel import empty_stats, stats_view
 from .uploads import DEFAULT_MAX_UPLOAD_MB, UploadStore
 
 log = logging.getLogger("liverseg.web")
 
 LOOPBACK = "127.0.0.1"
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _is_loopback(host: str) -> bool:
@@ -39,7 +42,7 @@ class LiverWebApp:
     """trame-slicer app with our own panel: open CT, run the model, statistics, save."""
 
     def __init__(self, server=None, *, data_dir: str | os.PathLike, model: Optional[str] = None,
-                 max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, device: str = "cpu") -> None:
+                 max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, device: str = "auto") -> None:
         from trame.app import get_server
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.app.logic import LayoutButtonLogic, MprInteractionButtonLogic, VolumePropertyLogic
@@ -66,6 +69,9 @@ class LiverWebApp:
         self._bundle = None
         self._labels: list[dict] = []
         self._progress = (0.0, "")
+        # The server's own busy flag: lw_busy is client-writable state, so it only mirrors this one.
+        self._busy = False
+        self._upload_path: Optional[Path] = None  # the open CT's upload, removed when another CT replaces it
         self._stats_handle: Optional[asyncio.TimerHandle] = None
 
         s = self.state
@@ -130,19 +136,21 @@ class LiverWebApp:
         if not lw_upload:
             return
         path = None
+        name = str(lw_upload.get("name") or "upload")
         try:
+            refuse_while_busy(self._busy, "uploading another CT")  # before anything is written
             from trame.app.file_upload import ClientFile
 
             f = ClientFile(lw_upload)
-            self.uploads.check_size(f.name, int(lw_upload.get("size") or 0) or len(f.content or b""))
-            path = self.uploads.save(f.name, f.content)
-            self.open_ct(path, f.name)
+            self.uploads.check_size(name, int(lw_upload.get("size") or 0) or len(f.content or b""))
+            path = self.uploads.save(name, f.content)
+            self.open_ct(path, name)
         except Exception as e:  # noqa: BLE001
             self._fail(e)
-            if path is not None:
+            if path is not None and path != self._upload_path:
                 self.uploads.discard(path)
                 # Show the user's own file name, not the private temp path.
-                self.state.lw_error = self.state.lw_error.replace(str(path), f.name)
+                self.state.lw_error = self.state.lw_error.replace(str(path), name)
         finally:
             self.state.lw_upload = None
 
@@ -152,6 +160,7 @@ class LiverWebApp:
         from ..slicerui import mrml_convert
         from . import scene_glue
 
+        refuse_while_busy(self._busy, "opening another CT")
         vol = io.read_volume(path)
         warnings = checks.check_volume(vol)
         sa = self.slicer_app
@@ -183,8 +192,15 @@ class LiverWebApp:
         self.state.lw_ct_name = display_name
         self.state.lw_out_name = f"{stem}_liverseg"
         self.state.lw_saved = []
+        self._forget_previous_upload(path)
         self.update_stats()
         self._ok(f"Opened {display_name}." + (" Warnings: " + " ".join(warnings) if warnings else ""))
+
+    def _forget_previous_upload(self, opened: Path) -> None:
+        """Keep at most the open CT's upload on disk: the scene holds the image in memory."""
+        previous, self._upload_path = self._upload_path, (Path(opened) if self.uploads.owns(opened) else None)
+        if previous is not None and previous != self._upload_path:
+            self.uploads.discard(previous)
 
     def _default_labels(self) -> list[dict]:
         try:
@@ -220,21 +236,24 @@ class LiverWebApp:
         if self.ct is None:
             self.state.lw_error = "Open a CT first (pick one from the data folder or upload a file)."
             return
-        if self.state.lw_busy:
+        if self._busy:
             return
         from ..engine import pipeline
         from ..engine.progress import Progress
 
-        self.state.lw_busy, self.state.lw_progress, self.state.lw_error = True, 0, ""
-        self.state.flush()
+        # Taken before the first await: open/upload/save are refused from here on.
+        self._busy, self._progress = True, (0.0, "")
+        ct, started_for = self.ct, SceneIdentity.of(self)
         try:
+            self.state.lw_busy, self.state.lw_progress, self.state.lw_stage, self.state.lw_error = True, 0, "", ""
+            self.state.flush()
             bundle = self._load_bundle()
 
             def on_progress(fraction: float, stage: str) -> None:
                 self._progress = (fraction, stage)  # read by the loop below (no state access off-thread)
 
             def work():
-                return pipeline.segment(self.ct, bundle, pipeline.SegmentOptions(device=self.device),
+                return pipeline.segment(ct, bundle, pipeline.SegmentOptions(device=self.device),
                                         progress=Progress(on_progress, threading.Event()))
 
             fut = asyncio.get_running_loop().run_in_executor(None, work)
@@ -244,10 +263,14 @@ class LiverWebApp:
                     self.state.lw_progress = round(100 * self._progress[0])
                     self.state.lw_stage = self._progress[1]
             result = fut.result()
+            if not started_for.still_current(self):
+                raise StaleResultError("The CT changed while the segmentation was running, so its result was "
+                                       "discarded. Press Run segmentation again for the CT now open.")
             self._show_result(result, bundle)
         except Exception as e:  # noqa: BLE001
             self._fail(e)
         finally:
+            self._busy = False
             with self.state:
                 self.state.lw_busy = False
                 self.state.lw_progress = 100 if not self.state.lw_error else 0
@@ -303,16 +326,13 @@ class LiverWebApp:
 
     # ------------------------------------------------------------------ save
     def save_result(self) -> None:
-        from ..engine import io
-
         try:
+            refuse_while_busy(self._busy, "saving")
             if self.ct is None:
                 raise InputError("Nothing to save yet: open a CT first.")
             out = self.data.output_paths(self.state.lw_out_name)
-            lab = self.current_labelmap()
-            io.write_seg_nrrd(lab, self._labels, out["seg_nrrd"], overwrite=False)
-            io.write_volume(lab, out["nifti"], overwrite=False)
-            rel = [str(p.relative_to(self.data.root)) for p in out.values()]
+            written = write_outputs(self.current_labelmap(), self._labels, out)
+            rel = [str(p.relative_to(self.data.root)) for p in written]
             self.state.lw_saved = rel
             self._ok("Saved " + " and ".join(rel) + " in the data folder.")
         except Exception as e:  # noqa: BLE001
@@ -341,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=LOOPBACK, help="interface to listen on (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="upload size limit")
-    p.add_argument("--device", default="cpu", help="auto|cpu|cuda|mps (default cpu)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where the model runs (default auto: a GPU if one is usable, else the CPU; like liverseg)")
     return p
 
 

@@ -95,7 +95,7 @@ def _review_panel(app, html, VAlert, VBtn, VCard, VCardText, VCardTitle, VDivide
             VProgressLinear(model_value=("lw_progress",), v_show=("lw_busy",), height=14, color="green",
                             classes="mt-2", **tid("lw-progress"))
             html.Div("{{ lw_busy ? (lw_stage || 'starting') + ' ' + lw_progress + '%' : '' }}",
-                     classes="text-caption")
+                     classes="text-caption", **tid("lw-stage"))
         VDivider()
         VCardTitle("3. Review (updates after edits)", classes="text-subtitle-1")
         with VCardText(**tid("lw-stats")):

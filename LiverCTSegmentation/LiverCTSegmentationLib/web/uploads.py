@@ -61,10 +61,14 @@ class UploadStore:
             fh.write(content)
         return target
 
+    def owns(self, path: Path) -> bool:
+        """True for a file in this store's private folder (an upload, not a data-folder CT)."""
+        return Path(path).parent == self.folder
+
     def discard(self, path: Path) -> None:
-        """Remove one upload (e.g. after it failed to load)."""
+        """Remove one upload (after it failed to load, or when another CT replaced it)."""
         p = Path(path)
-        if p.parent == self.folder and p.exists():
+        if self.owns(p) and p.exists():
             p.unlink()
 
     def cleanup(self) -> None:
