@@ -21,13 +21,22 @@ Fakes (for what has no stand-in in slicer-core; each documented below):
 - ``qt`` / ``ctk``: ``AnyModule`` placeholders so that importing the module
   file does not fail; they are never used to build widgets here (the .ui is
   tested with PySide6 instead).
+- ``pyside_qt()``: a ``qt`` stand-in for the background runner only: the REAL
+  ``QProcess``/``QTimer`` of PySide6, with the two PythonQt spellings the runner
+  uses (``QProcess.NotRunning``/``SeparateChannels`` and ``timer.connect("timeout()", slot)``).
+  Tests put it in ``sys.modules["qt"]`` and pump ``app.processEvents()``.
+- ``write_launcher()`` / ``write_script()``: small Python scripts standing in for
+  ``PythonSlicer`` (a launcher that runs the real interpreter as a CHILD process,
+  like Slicer's) and for workers that hang or crash.
 """
 from __future__ import annotations
 
 import os
 import sys
+import textwrap
 import types
 import unittest
+from pathlib import Path
 
 
 # ------------------------------------------------------------------ real glue
@@ -165,3 +174,74 @@ def install_fakes() -> None:
     slicer.i18n = sys.modules["slicer.i18n"]
     for name in ("qt", "ctk"):
         sys.modules.setdefault(name, AnyModule(name))
+
+
+# ------------------------------------------------------------ runner stand-ins
+def pyside_qt():
+    """``(qt module stand-in, QApplication)`` built on PySide6 (see the module docstring)."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6 import QtCore, QtWidgets
+
+    # A QApplication (not just QCoreApplication) so widget tests in the same process still work.
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+
+    class QProcess(QtCore.QProcess):
+        NotRunning = QtCore.QProcess.ProcessState.NotRunning
+        SeparateChannels = QtCore.QProcess.ProcessChannelMode.SeparateChannels
+
+    class QTimer(QtCore.QTimer):
+        def connect(self, signal: str, slot) -> None:  # PythonQt style: obj.connect("signal()", slot)
+            getattr(self, signal.split("(", 1)[0]).connect(slot)
+
+    qt = types.ModuleType("qt")
+    qt.QProcess, qt.QTimer = QProcess, QTimer
+    return qt, app
+
+
+LAUNCHER_EVENT = "launcher_child"
+
+
+def write_launcher(folder, target_script) -> str:
+    """A ``PythonSlicer``-like launcher: runs ``target_script`` (same args) as a child and waits.
+
+    It reports the child's PID on stdout as ``LIVERCT {"event": "launcher_child", "pid": N}``
+    so tests can check that Cancel killed the child too, not only the launcher.
+    """
+    return write_script(folder, "launcher.py", f"""
+        import json, subprocess, sys
+        child = subprocess.Popen([sys.executable, {str(target_script)!r}] + sys.argv[1:])
+        print("LIVERCT " + json.dumps({{"event": {LAUNCHER_EVENT!r}, "pid": child.pid}}), flush=True)
+        sys.exit(child.wait())
+        """)
+
+
+def write_script(folder, name: str, body: str) -> str:
+    """Write a Python script (dedented ``body``) into ``folder`` and return its path."""
+    path = Path(folder) / name
+    path.write_text(textwrap.dedent(body).lstrip(), encoding="utf-8")
+    return str(path)
+
+
+HANGING_WORKER = """
+    import json, time
+    print("LIVERCT " + json.dumps({"event": "progress", "fraction": 0.1, "stage": "coarse"}), flush=True)
+    time.sleep(600)
+    """
+
+CRASHING_WORKER = """
+    import json, os, sys
+    print("LIVERCT " + json.dumps({"event": "progress", "fraction": 0.2, "stage": "coarse"}), flush=True)
+    sys.stderr.write("Fatal Python error: Segmentation fault\\n\\nCurrent thread (most recent call first):\\n")
+    sys.stderr.flush()
+    os._exit(134)
+    """
+
+
+def process_gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (a zombie waiting for a non-reaping init counts as gone)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -80,6 +80,43 @@ def test_extension_metadata():
     assert (ROOT / "LiverCTSegmentation.png").is_file(), "extension icon LiverCTSegmentation.png is missing at the repo root"
 
 
+RAW_BASE = "https://raw.githubusercontent.com/liverct/SlicerLiverCTSegmentation/main/"
+
+
+def extension_string(text: str, variable: str) -> str:
+    m = re.search(r"set\(\s*" + re.escape(variable) + r'\s+"([^"]*)"', text)
+    assert m, f"{variable} is not set to a quoted string in CMakeLists.txt"
+    return m.group(1)
+
+
+def test_extension_urls_point_at_files_in_the_repo():
+    """Icon and screenshot URLs on the repository's raw base must name files that exist here."""
+    text = EXTENSION_CMAKE.read_text(encoding="utf-8")
+    homepage = extension_string(text, "EXTENSION_HOMEPAGE")
+    repo = RAW_BASE.split("githubusercontent.com/", 1)[1].rsplit("/main/", 1)[0]
+    assert f"github.com/{repo}" in homepage, (homepage, repo)
+    icon = extension_string(text, "EXTENSION_ICONURL").split()
+    shots = extension_string(text, "EXTENSION_SCREENSHOTURLS").split()  # space-separated list
+    assert len(icon) == 1 and shots
+    for url in icon + shots:
+        assert url.startswith(RAW_BASE), f"{url} is not on {RAW_BASE}"
+        rel = url[len(RAW_BASE):]
+        assert (ROOT / rel).is_file(), f"{url} points at {rel}, which is not in the repository"
+    assert all(u.lower().endswith((".png", ".jpg", ".jpeg", ".gif")) for u in shots)
+
+
+def test_extension_description_matches_default_model():
+    """The description names the real default model and its limits, not the old phantom demo."""
+    import json
+
+    text = EXTENSION_CMAKE.read_text(encoding="utf-8")
+    description = extension_string(text, "EXTENSION_DESCRIPTION")
+    default = json.loads((MODULE_DIR / "Resources" / "Models" / "manifest.json").read_text(encoding="utf-8"))["default"]
+    assert default in description, f"EXTENSION_DESCRIPTION does not name the default model {default!r}"
+    assert "phantom" not in description.lower()
+    assert "research use only" in description.lower()
+
+
 def test_icon_is_128px_png():
     for p in (ROOT / "LiverCTSegmentation.png", MODULE_DIR / "Resources" / "Icons" / "LiverCTSegmentation.png"):
         data = p.read_bytes()
@@ -94,3 +131,7 @@ def test_requirements_do_not_reinstall_slicer_packages():
     reqs = read_requirements(MODULE_DIR / "Resources" / "requirements.txt")
     assert reqs and "torch>=2.1" in reqs
     assert not [r for r in reqs if _name(r) in SLICER_SHIPPED]
+    everything = read_requirements(MODULE_DIR / "Resources" / "requirements.txt", optional=True)
+    assert not [r for r in everything if _name(r) in SLICER_SHIPPED]
+    # matplotlib is only for batch overlay pictures: listed, but never installed automatically.
+    assert "matplotlib" in {_name(r) for r in everything} - {_name(r) for r in reqs}

@@ -407,3 +407,273 @@ def test_in_slicer_self_test_runs_on_slicer_core(scene, coarse_box_bundle, monke
     spec.loader.exec_module(mod)
     result = mod.LiverCTSegmentationTest("runTest").run()
     assert result.wasSuccessful(), result.errors + result.failures
+
+
+# --------------------------------------------------------------------------- cancel kills the process tree
+def test_subprocess_cancel_kills_launcher_and_child(tmp_path):
+    """Like PythonSlicer, a launcher runs the worker as a child: Cancel must stop both."""
+    import psutil
+
+    hanging = slicer_fakes.write_script(tmp_path, "hanging_worker.py", slicer_fakes.HANGING_WORKER)
+    launcher = slicer_fakes.write_launcher(tmp_path, hanging)
+    run = SubprocessRun(str(tmp_path / "unused.nrrd"), python=_venv_python(), script=launcher).start()
+    child_pid = None
+    try:
+        t0 = time.time()
+        while not any(e.kind == "progress" for e in run.events) and time.time() - t0 < 60:
+            run.poll()
+            time.sleep(0.05)
+        child_pid = int(next(e for e in run.events if e.kind == slicer_fakes.LAUNCHER_EVENT).data["pid"])
+        assert run.running and child_pid != run.proc.pid
+        run.cancel()
+        assert not run.running
+        t0 = time.time()
+        while not slicer_fakes.process_gone(child_pid):
+            assert time.time() - t0 < 10, "Cancel killed the launcher but left its child (the real worker) running"
+            time.sleep(0.05)
+    finally:
+        if child_pid is not None and not slicer_fakes.process_gone(child_pid):
+            psutil.Process(child_pid).kill()
+        run.cleanup()
+
+
+def test_kill_process_tree_without_psutil(tmp_path, monkeypatch):
+    """The fallback (no psutil in Slicer's Python) still reaches the child."""
+    import subprocess
+
+    from LiverCTSegmentationLib.slicerui.runner import kill_process_tree
+
+    hanging = slicer_fakes.write_script(tmp_path, "hanging_worker.py", slicer_fakes.HANGING_WORKER)
+    launcher = slicer_fakes.write_launcher(tmp_path, hanging)
+    proc = subprocess.Popen([_venv_python(), launcher], stdout=subprocess.PIPE, text=True)
+    child_pid = None
+    try:
+        child_pid = int(json.loads(proc.stdout.readline()[len("LIVERCT "):])["pid"])
+        monkeypatch.setitem(sys.modules, "psutil", None)  # "import psutil" now raises ImportError
+        kill_process_tree(proc.pid)
+        monkeypatch.undo()
+        proc.wait(10)
+        t0 = time.time()
+        while not slicer_fakes.process_gone(child_pid):
+            assert time.time() - t0 < 10, "the fallback left the child running"
+            time.sleep(0.05)
+    finally:
+        import psutil
+
+        for pid in (child_pid, proc.pid):
+            if pid is not None and not slicer_fakes.process_gone(pid):
+                psutil.Process(pid).kill()
+        proc.stdout.close()
+
+
+# --------------------------------------------------------------------------- processFiles (batch) in Slicer
+@pytest.fixture(scope="module")
+def phantom_files(tmp_path_factory):
+    from LiverCTSegmentationLib.engine import io
+    from LiverCTSegmentationLib.engine.phantom import make_phantom
+
+    folder = tmp_path_factory.mktemp("cases")
+    for seed in (3, 4):
+        ct, _ = make_phantom(seed, shape_kji=(32, 48, 48), spacing=(6.0, 6.0, 6.0))
+        io.write_volume(ct, folder / f"case{seed}.nii.gz")
+    return folder
+
+
+def test_process_files_without_matplotlib_writes_report_and_resumes(phantom_files, tmp_path, monkeypatch, caplog):
+    """Slicer ships no matplotlib: the batch must still work (no overlay pictures) and resume."""
+    import csv
+    import logging
+
+    from bundle_fixtures import make_box_bundle
+
+    bundle = ModelBundle.load(make_box_bundle(tmp_path / "bundle", liver_hu=(40.0, 120.0), coarse_spacing=8.0,
+                                              fine_spacing=6.0))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as in Slicer: "import matplotlib" fails
+    out = tmp_path / "results"
+    logic = LiverCTSegmentationLogic()
+    progress = []
+    with caplog.at_level(logging.INFO):
+        first = logic.processFiles(str(phantom_files), str(out), model=bundle, device="cpu",
+                                   progressCallback=lambda f, s: progress.append(f))
+    assert [r.status for r in first] == ["ok", "ok"], [(r.case, r.error) for r in first]
+    assert any("matplotlib" in rec.getMessage() for rec in caplog.records), "no note that overlays are skipped"
+    assert progress and progress[-1] == 1.0
+    with open(out / "report.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["case"] for r in rows) == ["case3", "case4"]
+    for r in rows:
+        assert r["status"] == "ok" and float(r["liver_ml"]) > 0, r
+        assert r["overlay_path"] == ""
+        assert (out / r["label_path"]).is_file() and (out / r["seg_path"]).is_file()
+    assert not list(out.rglob("*.png"))
+
+    second = LiverCTSegmentationLogic().processFiles(str(phantom_files), str(out), model=bundle, device="cpu")
+    assert [r.status for r in second] == ["skipped", "skipped"], "a second call must resume, not redo"
+    assert [r.statistics["liver_ml"] for r in second] == [r.statistics["liver_ml"] for r in first]
+
+
+def test_process_files_writes_overlays_when_matplotlib_is_there(phantom_files, tmp_path):
+    pytest.importorskip("matplotlib")
+    from bundle_fixtures import make_box_bundle
+
+    from LiverCTSegmentationLib.slicerui.logic import overlays_available
+
+    assert overlays_available()
+    bundle = make_box_bundle(tmp_path / "bundle", liver_hu=(40.0, 120.0), coarse_spacing=8.0, fine_spacing=6.0)
+    results = LiverCTSegmentationLogic().processFiles([str(next(phantom_files.glob("case3*")))], str(tmp_path / "o"),
+                                                      model=str(bundle), device="cpu")
+    assert [r.status for r in results] == ["ok"]
+    assert (tmp_path / "o" / results[0].outputs["overlay"]).is_file()
+
+
+# --------------------------------------------------------------------------- warnings, tables, ROI, progress
+def test_process_passes_engine_warnings(scene, tmp_path, box_bundle, caplog):
+    """Engine warnings (here: no liver found) reach the caller's callback, else the log."""
+    import logging
+
+    import SimpleITK as sitk
+
+    vol = synthetic_ct()
+    vol.array[vol.array > 0] = -80  # air and fat only: no liver intensity at all
+    p = tmp_path / "no_liver.nrrd"
+    sitk.WriteImage(vol.to_sitk(), str(p))
+    vol_node = load_volume(scene, p)
+    logic = LiverCTSegmentationLogic()
+    got = []
+    logic.process(vol_node, model=box_bundle, device="cpu", warningCallback=got.append)
+    assert any("No liver found" in w for w in got), got
+    assert logic.lastWarnings == got
+    with caplog.at_level(logging.WARNING):
+        logic.process(vol_node, model=box_bundle, device="cpu")
+    assert any("No liver found" in r.getMessage() for r in caplog.records)
+
+
+def test_each_segmentation_gets_its_own_statistics_table(scene, ct_file, box_bundle, tmp_path):
+    import SimpleITK as sitk
+
+    from LiverCTSegmentationLib.slicerui.logic import TABLE_REFERENCE_ROLE
+
+    small = synthetic_ct()
+    small.array[small.array == 40] = 130
+    small.array[:, :, 20:] = -80  # a smaller liver
+    p = tmp_path / "small.nrrd"
+    sitk.WriteImage(small.to_sitk(), str(p))
+    logic = LiverCTSegmentationLogic()
+    seg_a, stats_a = logic.process(load_volume(scene, ct_file), model=box_bundle, device="cpu")
+    seg_b, stats_b = logic.process(load_volume(scene, p), model=box_bundle, device="cpu")
+    table_a, table_b = seg_a.GetNodeReference(TABLE_REFERENCE_ROLE), seg_b.GetNodeReference(TABLE_REFERENCE_ROLE)
+    assert table_a is not None and table_b is not None and table_a is not table_b
+    assert stats_a.liver_ml != pytest.approx(stats_b.liver_ml)
+    assert float(table_a.GetCellText(0, 1)) == pytest.approx(stats_a.liver_ml, abs=0.06)
+    assert float(table_b.GetCellText(0, 1)) == pytest.approx(stats_b.liver_ml, abs=0.06)
+    # Re-running into the same segmentation reuses its table; a passed table is used and remembered.
+    logic.process(seg_a.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()),
+                  outputSegmentationNode=seg_a, model=box_bundle, device="cpu")
+    assert seg_a.GetNodeReference(TABLE_REFERENCE_ROLE) is table_a
+    mine = scene.AddNewNodeByClass("vtkMRMLTableNode", "mine")
+    seg_c, _ = logic.process(load_volume(scene, ct_file), model=box_bundle, device="cpu", tableNode=mine)
+    assert seg_c.GetNodeReference(TABLE_REFERENCE_ROLE) is mine and mine.GetCellText(0, 0) == "Liver"
+    assert scene.GetNodesByClass("vtkMRMLTableNode").GetNumberOfItems() == 3
+
+
+def test_process_with_roi_under_parent_transform(scene, ct_file, tmp_path):
+    """An ROI drawn in world coordinates on a transformed volume restricts the search where the user drew it."""
+    import vtk
+
+    from bundle_fixtures import make_box_bundle
+
+    # Single stage: the result is exactly the liver found inside the ROI (no fine-stage margin).
+    box_bundle = ModelBundle.load(make_box_bundle(tmp_path / "b", liver_hu=LIVER_HU, tumor_hu=TUMOR_HU,
+                                                  two_stage=False, coarse_spacing=2.5))
+
+    vol_node = load_volume(scene, ct_file)
+    tr = add_transform(scene, vol_node)
+    local = mrml_convert.volume_from_node(vol_node)
+    to_world = vtk.vtkMatrix4x4()
+    tr.GetMatrixTransformToWorld(to_world)
+    to_world_np = np.array([[to_world.GetElement(r, c) for c in range(4)] for r in range(4)])
+    # ROI around the tumour-free end of the liver (i 21..29), placed where that part is shown (world).
+    ijk = np.array([[i, j, k] for i in (21, 29) for j in (8, 31) for k in (6, 21)], dtype=float)
+    ras_local = local.physical_points(ijk) * np.array([-1.0, -1.0, 1.0])
+    world = (to_world_np @ np.c_[ras_local, np.ones(len(ras_local))].T).T[:, :3]
+    lo, hi = world.min(axis=0), world.max(axis=0)
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "roi")
+    roi.SetXYZ(*((lo + hi) / 2))
+    roi.SetRadiusXYZ(*((hi - lo) / 2))
+
+    # Independent check of roi_to_lps_box: ROI world corners -> volume's local RAS (numpy inverse) -> LPS box.
+    b = [0.0] * 6
+    roi.GetRASBounds(b)
+    corners = np.array([[x, y, z, 1.0] for x in b[0:2] for y in b[2:4] for z in b[4:6]])
+    local_lps = (np.linalg.inv(to_world_np) @ corners.T).T[:, :3] * np.array([-1.0, -1.0, 1.0])
+    box = mrml_convert.roi_to_lps_box(roi, vol_node)
+    np.testing.assert_allclose(np.array(box), np.array([local_lps.min(axis=0), local_lps.max(axis=0)]), atol=1e-6)
+
+    seg, _stats = LiverCTSegmentationLogic().process(vol_node, model=box_bundle, device="cpu", roi=roi)
+    want = pipeline.segment(local, box_bundle, pipeline.SegmentOptions(device="cpu", roi_lps=box)).labelmap
+    full = pipeline.segment(local, box_bundle, pipeline.SegmentOptions(device="cpu")).labelmap
+    got = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segment_ids(seg)["Liver"], vol_node) > 0
+    np.testing.assert_array_equal(got, want.array == 1)
+    assert 0 < got.sum() < (full.array == 1).sum(), "the ROI must restrict the result"
+    # The restricted liver lies towards the end the ROI was drawn on (high i), not the other end.
+    assert np.nonzero(got)[2].mean() > np.nonzero(full.array == 1)[2].mean() + 2
+
+
+def test_progress_never_steps_back_and_every_stage_has_a_name(scene, ct_file, box_bundle):
+    from LiverCTSegmentationLib.slicerui.stages import STAGE_NAMES
+
+    seen = []
+    LiverCTSegmentationLogic().process(load_volume(scene, ct_file), model=box_bundle, device="cpu",
+                                       progressCallback=lambda f, s: seen.append((f, s)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions), seen
+    assert seen[-1] == (1.0, "done")
+    stages = {s for _, s in seen}
+    assert {"coarse", "fine", "resample", "statistics", "importing"} <= stages
+    assert not stages - set(STAGE_NAMES), f"stages without a readable name: {stages - set(STAGE_NAMES)}"
+
+
+def test_models_download_to_slicer_cache_inside_slicer(tmp_path, monkeypatch):
+    from LiverCTSegmentationLib import models
+
+    monkeypatch.delenv(models.ENV_MODELS_DIR, raising=False)
+    monkeypatch.setattr(slicer.app, "cachePath", str(tmp_path / "SlicerCache"), raising=False)
+    assert models.user_models_dir() == tmp_path / "SlicerCache" / "LiverCTSegmentation" / "models"
+    monkeypatch.setenv(models.ENV_MODELS_DIR, str(tmp_path / "mine"))
+    assert models.user_models_dir() == tmp_path / "mine", "LIVERCT_MODELS_DIR must still win"
+    monkeypatch.delenv(models.ENV_MODELS_DIR)
+    monkeypatch.delattr(slicer.app, "cachePath")
+    assert models.user_models_dir().parts[-2:] == ("liverct-segmentation", "models")
+
+
+def test_worker_gets_the_resolved_bundle_folder(tmp_path, monkeypatch, box_bundle):
+    """The worker (no slicer.app) must use the bundle this process resolved, not search its own cache."""
+    import shutil
+
+    from LiverCTSegmentationLib import models
+    from LiverCTSegmentationLib.slicerui.modelchoice import model_for_worker
+
+    monkeypatch.setenv(models.ENV_MODELS_DIR, str(tmp_path / "models"))
+    shutil.copytree(box_bundle.path, tmp_path / "models" / "threshold-box-test")
+    assert model_for_worker("threshold-box-test") == str(tmp_path / "models" / "threshold-box-test")
+    assert model_for_worker(box_bundle) == str(box_bundle.path)
+    assert model_for_worker("") == str(models.resolve_model(None))
+
+
+def test_self_test_skips_clearly_without_torch(scene, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "LiverCTSegmentation", Path(__file__).resolve().parents[1] / "LiverCTSegmentation" / "LiverCTSegmentation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    result = mod.LiverCTSegmentationTest("runTest").run()
+    assert result.wasSuccessful() and len(result.skipped) == 1, (result.errors, result.failures)
+    assert "torch not installed" in result.skipped[0][1] and "PyTorch" in result.skipped[0][1]
+    # Reload and Test calls runTest() directly: it must show the reason, not fail.
+    shown = []
+    test = mod.LiverCTSegmentationTest("runTest")
+    test.delayDisplay = lambda message, msec=1000: shown.append(message)
+    test.runTest()
+    assert shown and "torch" in shown[0]

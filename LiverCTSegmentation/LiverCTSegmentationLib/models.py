@@ -127,11 +127,31 @@ def default_bundle_dir(manifest: ManifestArg = None) -> Path:
     return MODELS_RESOURCE_DIR / default_model_name(manifest)
 
 
+def _slicer_cache_dir() -> Optional[Path]:
+    """Slicer's cache folder when running inside the Slicer application, else None.
+
+    Looks only at an already imported ``slicer`` module (never imports it), so the
+    CLI and ``PythonSlicer`` processes (which have no ``slicer.app``) are unaffected.
+    """
+    app = getattr(sys.modules.get("slicer"), "app", None)
+    cache = getattr(app, "cachePath", None) if app is not None else None
+    if callable(cache):
+        cache = cache()
+    return Path(str(cache)) if cache else None
+
+
 def user_models_dir() -> Path:
-    """Where downloaded models are installed: $LIVERCT_MODELS_DIR or the platform cache folder."""
+    """Where downloaded models are installed.
+
+    $LIVERCT_MODELS_DIR if set; inside Slicer ``<slicer.app.cachePath>/LiverCTSegmentation/models``
+    (where Slicer keeps downloads, cleared with its cache); else the platform cache folder.
+    """
     env = os.environ.get(ENV_MODELS_DIR)
     if env:
         return Path(env).expanduser()
+    slicer_cache = _slicer_cache_dir()
+    if slicer_cache is not None:
+        return slicer_cache / "LiverCTSegmentation" / "models"
     if sys.platform == "win32":
         base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
     elif sys.platform == "darwin":

@@ -2,17 +2,23 @@
 
 - torch: through the PyTorch extension (``PyTorchUtils``), which asks first
   and picks the CUDA build matching the driver.
-- the rest (``Resources/requirements.txt``): ``slicer.packaging.pip_ensure``
-  (Slicer >= 5.11: asks, shows progress, skips in testing mode, offers a
+- the rest (``Resources/requirements.txt``): ``pip_ensure`` (Slicer >= 5.11,
+  ``slicer.pydeps``: asks, shows progress, skips in testing mode, offers a
   restart) or, on older Slicer, ``slicer.util.pip_install`` after a confirmation.
 - Never reinstalls what Slicer ships (numpy, SimpleITK, vtk, requests, pydicom).
+- Lines marked ``# optional`` in requirements.txt (e.g. matplotlib, only for
+  batch overlay pictures) are never installed automatically.
+- Declining, or an install that changed nothing, returns False: a restart is
+  asked for only when something was really installed but cannot be used yet.
 
 ``requirements_status`` is Slicer-free so it can be tested anywhere.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import re
 from pathlib import Path
 from typing import Optional
@@ -26,11 +32,13 @@ class RestartRequired(Exception):
     """Packages were installed but Slicer must restart before they can be imported."""
 
 
-def read_requirements(path: Path = REQUIREMENTS) -> list[str]:
+def read_requirements(path: Path = REQUIREMENTS, optional: bool = False) -> list[str]:
+    """Requirement lines of ``path``; those whose comment starts with ``optional`` only when ``optional``."""
     lines = []
     for raw in Path(path).read_text(encoding="utf-8").splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line:
+        line, _sep, comment = raw.partition("#")
+        line = line.strip()
+        if line and (optional or not comment.strip().lower().startswith("optional")):
             lines.append(line)
     return lines
 
@@ -75,12 +83,50 @@ def missing_requirements(requirements: Optional[list[str]] = None) -> list[str]:
     return [r for r, s in requirements_status(requirements).items() if s != "ok"]
 
 
-def ensure_dependencies(askConfirmation: bool = True) -> bool:
-    """Make sure torch + requirements are importable. Returns False if the user declined.
+def _pip_ensure(slicer):
+    """Slicer's ``pip_ensure`` (``slicer.pydeps`` in 5.11+, also tried in older places) or None."""
+    for holder in ("pydeps", "util", "packaging"):
+        mod = getattr(slicer, holder, None)
+        if mod is None and holder == "pydeps":
+            try:
+                import slicer.pydeps as mod  # noqa: PLW0621 - not imported by default
+            except ImportError:
+                mod = None
+        if mod is not None and callable(getattr(mod, "pip_ensure", None)):
+            return mod.pip_ensure
+    return None
 
-    Raises ``RestartRequired`` when packages were installed that need a Slicer
-    restart (e.g. torch replaced while already imported).
+
+def _as_requirements(reqs: list[str]) -> list:
+    """``packaging`` Requirement objects (what ``pip_ensure`` expects) when available."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # pragma: no cover - Slicer always has packaging
+        return list(reqs)
+    return [Requirement(r) for r in reqs]
+
+
+def _supported_kwargs(func, **kwargs) -> dict:
+    """The keyword arguments ``func`` accepts (``pip_ensure``'s options differ between Slicer versions)."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def ensure_dependencies(askConfirmation: bool = True) -> bool:
+    """Make sure torch + requirements are importable.
+
+    Returns True when everything is importable, False when the user declined or
+    nothing could be installed (e.g. testing mode). Raises ``RestartRequired``
+    only when packages were installed that need a Slicer restart (e.g. torch
+    replaced while already imported, or a new package not importable yet).
     """
+    import sys
+
     import slicer
 
     missing = missing_requirements()
@@ -88,7 +134,7 @@ def ensure_dependencies(askConfirmation: bool = True) -> bool:
         return True
     torch_missing = [r for r in missing if _name(r) == "torch"]
     others = [r for r in missing if _name(r) != "torch"]
-    torch_was_imported = importlib.util.find_spec("torch") is not None and "torch" in __import__("sys").modules
+    torch_was_imported = "torch" in sys.modules
 
     if torch_missing:
         try:
@@ -104,10 +150,14 @@ def ensure_dependencies(askConfirmation: bool = True) -> bool:
             others = torch_missing + others
 
     if others:
-        packaging = getattr(slicer, "packaging", None)
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            packaging.pip_ensure(others, requester="Liver CT Segmentation",
-                                 skip_packages=sorted(SLICER_SHIPPED))
+        pip_ensure = _pip_ensure(slicer)
+        if pip_ensure is not None:
+            try:
+                pip_ensure(_as_requirements(others), **_supported_kwargs(
+                    pip_ensure, requester="Liver CT Segmentation", skip_packages=sorted(SLICER_SHIPPED),
+                    prompt_install=askConfirmation))
+            except RuntimeError:  # pip_ensure's way of saying "the user declined"
+                return False
         else:
             if askConfirmation and not slicer.util.confirmOkCancelDisplay(
                 "Liver CT Segmentation needs these Python packages:\n\n  " + "\n  ".join(others)
@@ -116,7 +166,10 @@ def ensure_dependencies(askConfirmation: bool = True) -> bool:
                 return False
             slicer.util.pip_install(" ".join(f'"{r}"' for r in others))
 
+    importlib.invalidate_caches()
     still = missing_requirements()
+    if set(still) == set(missing):
+        return False  # nothing was installed (declined, skipped in testing mode): no restart can help
     if still or (torch_missing and torch_was_imported):
         raise RestartRequired(
             "The dependencies were installed, but Slicer must be restarted before they can be used"

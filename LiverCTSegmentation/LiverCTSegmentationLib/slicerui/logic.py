@@ -5,11 +5,13 @@ Usable from Slicer's Python console::
     logic = LiverCTSegmentationLogic()
     segNode, stats = logic.process(getNode("CTLiver"))
 
-Progress and errors are reported through ``progressCallback(fraction, stage)``
-and ``LiverSegError`` exceptions; the widget decides how to show them.
+Progress, warnings and errors are reported through ``progressCallback(fraction,
+stage)``, ``warningCallback(text)`` (default: the Python log, so console users
+see them) and ``LiverSegError`` exceptions; the widget decides how to show them.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any, Callable, Optional
@@ -25,7 +27,22 @@ from . import mrml_convert, results_table
 from .modelchoice import load_bundle
 
 ProgressCallback = Callable[[float, str], None]
+WarningCallback = Callable[[str], None]
 TABLE_NODE_NAME_SUFFIX = " statistics"
+TABLE_REFERENCE_ROLE = "LiverCTSegmentation.Statistics"
+
+
+def overlays_available() -> bool:
+    """True when matplotlib (used only for the batch overlay pictures) can be imported.
+
+    Slicer does not ship matplotlib; batch runs then skip the .png previews
+    instead of failing every case.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class LiverCTSegmentationLogic(ScriptedLoadableModuleLogic):
@@ -34,6 +51,7 @@ class LiverCTSegmentationLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.cancelEvent = threading.Event()
+        self.lastWarnings: list[str] = []
 
     # ------------------------------------------------------------------ helpers
     def getParameterNode(self):  # noqa: N802 - Slicer naming
@@ -54,47 +72,67 @@ class LiverCTSegmentationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def statisticsTableNode(segmentationNode, tableNode=None):
-        """The table node for ``segmentationNode``'s statistics (created once, reused)."""
-        if tableNode is not None:
-            return tableNode
-        scene = segmentationNode.GetScene()
-        ref = segmentationNode.GetNodeReference("LiverCTSegmentation.Statistics")
-        if ref is not None:
-            return ref
-        tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", segmentationNode.GetName() + TABLE_NODE_NAME_SUFFIX)
-        segmentationNode.SetNodeReferenceID("LiverCTSegmentation.Statistics", tableNode.GetID())
+        """The statistics table of ``segmentationNode``: ``tableNode`` if given, else its own.
+
+        Each segmentation keeps its own table (created once, found again through a
+        node reference), so segmenting another volume never overwrites earlier results.
+        """
+        if tableNode is None:
+            tableNode = segmentationNode.GetNodeReference(TABLE_REFERENCE_ROLE)
+        if tableNode is None:
+            tableNode = segmentationNode.GetScene().AddNewNodeByClass(
+                "vtkMRMLTableNode", segmentationNode.GetName() + TABLE_NODE_NAME_SUFFIX)
+        if segmentationNode.GetNodeReferenceID(TABLE_REFERENCE_ROLE) != tableNode.GetID():
+            segmentationNode.SetNodeReferenceID(TABLE_REFERENCE_ROLE, tableNode.GetID())
         return tableNode
 
     # ------------------------------------------------------------------ main API
     def process(self, inputVolumeNode, outputSegmentationNode=None, model: Any = None, device: str = "auto",
                 fast: bool = False, roi=None, progressCallback: Optional[ProgressCallback] = None,
-                perLesionSegments: bool = False, tableNode=None):
+                perLesionSegments: bool = False, tableNode=None, warningCallback: Optional[WarningCallback] = None):
         """Segment ``inputVolumeNode`` in this process (blocking).
 
         Returns ``(segmentationNode, statistics)``. Creates the segmentation node
-        when ``outputSegmentationNode`` is None. Raises ``LiverSegError``
-        subclasses with user-readable messages (``Cancelled`` after ``cancel()``).
+        when ``outputSegmentationNode`` is None, and its own statistics table
+        unless ``tableNode`` is given. Input-check and engine warnings go to
+        ``warningCallback`` (default: ``logging.warning``) and are kept in
+        ``self.lastWarnings``. Progress fractions never decrease. Raises
+        ``LiverSegError`` subclasses with user-readable messages (``Cancelled``
+        after ``cancel()``).
         """
         from ..engine import checks, pipeline
         from ..engine.progress import Progress
+        from .stages import IMPORT_FRACTION, MonotonicProgress
 
         if inputVolumeNode is None:
             from ..engine.errors import InputError
 
             raise InputError("Select an input CT volume.")
         self.cancelEvent.clear()
+        self.lastWarnings = []
+        progress = MonotonicProgress(progressCallback)
         volume = mrml_convert.volume_from_node(inputVolumeNode)
-        checks.check_volume(volume)
+        warnings = list(checks.check_volume(volume) or [])
         bundle = load_bundle(model)
         options = pipeline.SegmentOptions(device=device or "auto", fast=bool(fast),
                                           roi_lps=mrml_convert.roi_to_lps_box(roi, inputVolumeNode))
-        result = pipeline.segment(volume, bundle, options, progress=Progress(progressCallback, self.cancelEvent))
+        result = pipeline.segment(volume, bundle, options, progress=Progress(progress.engine, self.cancelEvent))
+        warnings += [w for w in (result.warnings or []) if w not in warnings]
+        self._reportWarnings(warnings, warningCallback)
+        progress(IMPORT_FRACTION, "importing")
         segNode = self.importResult(inputVolumeNode, result.labelmap, bundle.labels, result.statistics,
                                     outputSegmentationNode, perLesionSegments=perLesionSegments,
                                     modelName=f"{bundle.name} {bundle.version}", tableNode=tableNode)
-        if progressCallback is not None:
-            progressCallback(1.0, "done")
+        progress(1.0, "done")
         return segNode, result.statistics
+
+    def _reportWarnings(self, warnings: list[str], warningCallback: Optional[WarningCallback]) -> None:
+        self.lastWarnings = list(warnings)
+        for w in warnings:
+            if warningCallback is not None:
+                warningCallback(w)
+            else:
+                logging.warning("Liver CT Segmentation: %s", w)
 
     def importResult(self, inputVolumeNode, labelmap, labels, statistics=None, outputSegmentationNode=None,
                      perLesionSegments: bool = False, modelName: str = "", tableNode=None):
@@ -122,14 +160,26 @@ class LiverCTSegmentationLogic(ScriptedLoadableModuleLogic):
         return segNode
 
     def processFiles(self, pathsOrFolder, outputFolder, model: Any = None, device: str = "auto", fast: bool = False,
-                     progressCallback: Optional[ProgressCallback] = None, resume: bool = True):
-        """Batch-segment files/folders to ``outputFolder`` (no scene changes); see ``batch.run_batch``."""
+                     progressCallback: Optional[ProgressCallback] = None, resume: bool = True,
+                     overlay: Optional[bool] = None):
+        """Batch-segment files/folders to ``outputFolder`` (no scene changes); see ``batch.run_batch``.
+
+        Writes ``report.csv``; a second call resumes (finished cases are skipped).
+        ``overlay``: write .png previews; None = only when matplotlib is installed
+        (Slicer does not ship it), with a logged note when they are skipped.
+        Returns the per-case results.
+        """
         from .. import batch
         from ..engine.progress import Progress
 
         self.cancelEvent.clear()
+        if overlay is None:
+            overlay = overlays_available()
+            if not overlay:
+                logging.info("Liver CT Segmentation: matplotlib is not installed, so no overlay pictures (.png) are "
+                             "written. Install it (pip_install('matplotlib')) to get them.")
         inputs = [pathsOrFolder] if isinstance(pathsOrFolder, (str, os.PathLike)) else list(pathsOrFolder)
-        options = batch.BatchOptions(device=device or "auto", fast=bool(fast))
+        options = batch.BatchOptions(device=device or "auto", fast=bool(fast), overlay=bool(overlay))
         return batch.run_batch(inputs, outputFolder, options=options, bundle=load_bundle(model),
                                progress=Progress(progressCallback, self.cancelEvent), resume=resume,
                                cancel_event=self.cancelEvent)

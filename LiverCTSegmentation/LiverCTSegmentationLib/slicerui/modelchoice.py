@@ -5,9 +5,11 @@ Used by the logic, the widget's model combo box and the background worker.
 from __future__ import annotations
 
 import os
+import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 LOAD_FROM_DISK = "__load_from_disk__"
 
@@ -101,12 +103,84 @@ def list_model_choices() -> list[ModelChoice]:
         choices.append(ModelChoice("", "Default model", demo=True))
     else:  # default model first
         choices.sort(key=lambda c: not c.default)
-    choices.append(ModelChoice(LOAD_FROM_DISK, "Load from disk\u2026", "Select a model bundle folder (with model.json)"))
+    choices.append(ModelChoice(LOAD_FROM_DISK, "Load from disk\u2026",
+                               "Select a model bundle: its model.json, or a .zip archive of the bundle folder"))
     return choices
 
 
+def selected_bundle_key(path: str) -> str:
+    """"Load from disk" selection -> model key: a bundle folder, or a .zip holding one.
+
+    Accepts the bundle folder, its ``model.json``, or a zip archive with
+    ``model.json`` at its root or in one top folder (what ``models.resolve_model``
+    unpacks). Raises ``BundleError`` saying what to pick instead.
+    """
+    from ..engine.errors import BundleError
+
+    p = Path(path)
+    if p.name == "model.json" and p.is_file():
+        return str(p.parent)
+    if p.is_dir():
+        if (p / "model.json").is_file():
+            return str(p)
+        raise BundleError(f"The folder '{p}' has no model.json; it is not a model bundle.")
+    if p.suffix.lower() == ".zip" and p.is_file():
+        try:
+            with zipfile.ZipFile(p) as zf:
+                names = [n.rstrip("/") for n in zf.namelist()]
+        except (OSError, zipfile.BadZipFile) as e:
+            raise BundleError(f"'{p.name}' is not a readable zip archive ({e}).") from e
+        if any(n == "model.json" or (n.count("/") == 1 and n.endswith("/model.json")) for n in names):
+            return str(p)
+        raise BundleError(f"The archive '{p.name}' holds no model.json; it is not a zipped model bundle.")
+    raise BundleError(f"'{p}' is neither a model bundle folder, its model.json, nor a .zip archive of a bundle.")
+
+
+def model_for_worker(model: Any) -> str:
+    """``--model`` for the background worker: the bundle folder, resolved in this process.
+
+    The worker is a separate Python without ``slicer.app``, so it would look for
+    downloaded models in another cache folder and would unpack zips again;
+    resolving names and zips here makes both processes use the same bundle.
+    """
+    from ..engine.bundle import ModelBundle
+
+    if isinstance(model, ModelBundle):
+        return str(model.path)
+    text = "" if model is None else str(model)
+    try:
+        from .. import models
+    except ImportError:  # registry unavailable: let the worker report what is wrong
+        return text
+    return str(models.resolve_model(text or None))
+
+
+def download_with_progress(key: str, dialog: Any, processEvents: Callable[[], None]) -> bool:
+    """``download_if_needed`` driving a progress dialog (``value`` 0-100, ``wasCanceled``).
+
+    ``processEvents`` runs on every report so the dialog repaints and its Cancel
+    button works during the download. Raises ``Cancelled`` when cancelled (the
+    partial download is removed by ``models.download_model``).
+    """
+    from ..engine.progress import Progress
+
+    cancel = threading.Event()
+
+    def callback(fraction: float, stage: str) -> None:
+        dialog.value = int(round(100 * min(max(float(fraction), 0.0), 1.0)))
+        processEvents()
+        cancelled = getattr(dialog, "wasCanceled", False)
+        if cancelled() if callable(cancelled) else cancelled:
+            cancel.set()
+
+    return download_if_needed(key, progressCallback=Progress(callback, cancel))
+
+
 def download_if_needed(key: str, progressCallback=None) -> bool:
-    """Download a manifest model that is not installed yet. True if a download happened."""
+    """Download a manifest model that is not installed yet. True if a download happened.
+
+    ``progressCallback``: a ``callback(fraction, stage)`` or an engine ``Progress`` (cancellable).
+    """
     if not key or key == LOAD_FROM_DISK or os.path.isdir(key):
         return False
     choice = next((c for c in list_model_choices() if c.key == key), None)

@@ -10,12 +10,18 @@ Layers (the first two are Qt-free and tested in CI by really running worker.py):
   a ``qt.QTimer``): writes the input node to the temp dir, launches, reports
   progress, kills on Cancel, reads back the labelmap + statistics, imports
   them through the logic, removes the temp dir, and reports errors as text.
+
+Cancel kills the whole process tree (``kill_process_tree``): ``PythonSlicer``
+is a launcher that starts the real Python as a child, so killing only the
+launcher would leave inference running.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +45,92 @@ def find_python() -> str:
         if (here / name).exists():
             return str(here / name)
     return sys.executable
+
+
+def _descendants_without_psutil(pid: int) -> list[int]:
+    """Child PIDs (recursive) from ``ps`` on POSIX; [] when ``ps`` is unavailable."""
+    try:
+        out = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            children.setdefault(int(parts[1]), []).append(int(parts[0]))
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in found:
+                found.append(c)
+                todo.append(c)
+    return found
+
+
+def kill_process_tree(pid: Optional[int], timeout: float = 5.0) -> None:
+    """Kill ``pid`` and all its descendants, then wait briefly for the descendants.
+
+    Uses psutil when installed; otherwise ``taskkill /T`` on Windows or ``ps`` +
+    SIGKILL on POSIX. ``pid`` itself is not waited for (reaped): its owner
+    (``subprocess.Popen``/``QProcess``) must collect its exit status. Never
+    raises: cancelling must always get through.
+    """
+    if not pid or pid <= 0:
+        return
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        try:
+            parent = psutil.Process(pid)
+            # Freeze the parent first so it cannot start new children while we list them.
+            try:
+                parent.suspend()
+            except psutil.Error:
+                pass
+            children = parent.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return
+        except psutil.Error as e:  # e.g. AccessDenied: use the fallback below
+            logging.warning("Could not list the segmentation process's children: %s", e)
+            children = None
+        if children is not None:
+            for p in children + [parent]:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+                except psutil.Error as e:
+                    logging.warning("Could not stop process %s: %s", p.pid, e)
+            _wait_gone(psutil, children, timeout)
+            return
+    if sys.platform == "win32":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, timeout=30)
+        return
+    for p in reversed([pid] + _descendants_without_psutil(pid)):  # deepest children first
+        try:
+            os.kill(p, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _wait_gone(psutil, procs: list, timeout: float) -> None:
+    """Poll until ``procs`` are gone; orphans that init has not reaped yet (zombies) count as gone."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while procs and time.monotonic() < deadline:
+        alive = []
+        for p in procs:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        procs = alive
+        if procs:
+            time.sleep(0.02)
 
 
 @dataclass
@@ -121,12 +213,14 @@ class SubprocessRun:
     """
 
     def __init__(self, input_path: str, model: str = "", device: str = "auto", fast: bool = False,
-                 roi_lps=None, python: Optional[str] = None, temp_dir: Optional[str] = None, env=None) -> None:
+                 roi_lps=None, python: Optional[str] = None, temp_dir: Optional[str] = None, env=None,
+                 script: str = WORKER_SCRIPT) -> None:
         self.temp_dir = temp_dir or make_temp_dir()
         self.output_dir = os.path.join(self.temp_dir, "out")
         self.protocol = WorkerProtocol()
         self.events: list[WorkerEvent] = []
-        self._cmd = WorkerProtocol.command(input_path, self.output_dir, model, device, fast, roi_lps, python=python)
+        self._cmd = WorkerProtocol.command(input_path, self.output_dir, model, device, fast, roi_lps, python=python,
+                                           script=script)
         self._env = env
         self.proc: Optional[subprocess.Popen] = None
         self._queue: list[str] = []
@@ -169,8 +263,11 @@ class SubprocessRun:
         return code
 
     def cancel(self) -> None:
+        """Kill the worker and everything it started."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            kill_process_tree(self.proc.pid)
+            if self.proc.poll() is None:
+                self.proc.kill()
             self.proc.wait(10)
 
     @property
@@ -188,25 +285,34 @@ class SubprocessRun:
 class BackgroundSegmentation:
     """Slicer GUI runner: ``qt.QProcess`` + ``qt.QTimer``; callbacks only, no dialogs.
 
-    ``onProgress(fraction, stage)``, ``onWarning(text)``,
-    ``onFinished(segmentationNode or None, statistics dict or None, error text or None)``.
+    ``onProgress(fraction, stage)`` (fraction never decreases), ``onWarning(text)``,
+    ``onFinished(segmentationNode or None, statistics dict or None, error text or None)``;
+    a cancelled run finishes with ``CANCELLED_MESSAGE``. ``python``/``script`` choose
+    the worker command (tests substitute stand-ins).
     """
 
     POLL_MS = 200
+    CANCELLED_MESSAGE = "Segmentation was cancelled."
 
     def __init__(self, logic, inputVolumeNode, outputSegmentationNode=None, model: str = "", device: str = "auto",
                  fast: bool = False, roi=None, perLesionSegments: bool = False, tableNode=None,
                  onProgress: Optional[Callable[[float, str], None]] = None,
                  onWarning: Optional[Callable[[str], None]] = None,
-                 onFinished: Optional[Callable[[Any, Any, Optional[str]], None]] = None) -> None:
+                 onFinished: Optional[Callable[[Any, Any, Optional[str]], None]] = None,
+                 python: Optional[str] = None, script: str = WORKER_SCRIPT) -> None:
+        from .stages import MonotonicProgress
+
         self.logic = logic
         self.inputVolumeNode = inputVolumeNode
         self.outputSegmentationNode = outputSegmentationNode
         self.model, self.device, self.fast, self.roi = model, device, fast, roi
         self.perLesionSegments, self.tableNode = perLesionSegments, tableNode
-        self.onProgress, self.onWarning, self.onFinished = onProgress, onWarning, onFinished
+        self.onWarning, self.onFinished = onWarning, onFinished
+        self.progress = MonotonicProgress(onProgress)
+        self.python, self.script = python, script
         self.protocol = WorkerProtocol()
         self.events: list[WorkerEvent] = []
+        self.warnings: list[str] = []
         self.process = None
         self.timer = None
         self.temp_dir: Optional[str] = None
@@ -218,17 +324,19 @@ class BackgroundSegmentation:
 
         from ..engine import io
         from . import mrml_convert
+        from .modelchoice import model_for_worker
 
         self.temp_dir = make_temp_dir()
         try:
             volume = mrml_convert.volume_from_node(self.inputVolumeNode)
             in_path = io.write_volume(volume, os.path.join(self.temp_dir, "input.nrrd"))
             roi_lps = mrml_convert.roi_to_lps_box(self.roi, self.inputVolumeNode)
+            model = model_for_worker(self.model)
         except Exception:
             self.cleanup()
             raise
-        cmd = WorkerProtocol.command(str(in_path), os.path.join(self.temp_dir, "out"), self.model, self.device,
-                                     self.fast, roi_lps)
+        cmd = WorkerProtocol.command(str(in_path), os.path.join(self.temp_dir, "out"), model, self.device,
+                                     self.fast, roi_lps, python=self.python, script=self.script)
         self.process = qt.QProcess()
         self.process.setProcessChannelMode(qt.QProcess.SeparateChannels)
         self.process.start(cmd[0], cmd[1:])
@@ -236,25 +344,28 @@ class BackgroundSegmentation:
         self.timer.setInterval(self.POLL_MS)
         self.timer.connect("timeout()", self._poll)
         self.timer.start()
-        self._report(0.0, "starting")
+        self.progress(0.0, "starting")
 
     def cancel(self) -> None:
-        """Kill the worker (Cancel button); reports ``Cancelled`` through onFinished."""
+        """Kill the worker and its children (Cancel button); reports ``CANCELLED_MESSAGE`` through onFinished."""
         if self._finished:
             return
         if self.process is not None:
-            self.process.kill()
+            kill_process_tree(self._pid())
+            self.process.kill()  # no-op if already gone; covers a pid we could not read
             self.process.waitForFinished(5000)
-        self._finish(None, None, "Segmentation was cancelled.")
+        self._finish(None, None, self.CANCELLED_MESSAGE)
 
     @property
     def running(self) -> bool:
         return self.process is not None and not self._finished
 
     # ------------------------------------------------------------------ internals
-    def _report(self, fraction: float, stage: str) -> None:
-        if self.onProgress is not None:
-            self.onProgress(fraction, stage)
+    def _pid(self) -> Optional[int]:
+        try:
+            return int(self.process.processId())
+        except (AttributeError, TypeError, ValueError):  # very old Qt: no processId()
+            return None
 
     def _read(self) -> list[WorkerEvent]:
         data = bytes(self.process.readAllStandardOutput().data())
@@ -262,9 +373,12 @@ class BackgroundSegmentation:
         self.events.extend(new)
         for e in new:
             if e.kind == "progress":
-                self._report(float(e.data.get("fraction", 0.0)), str(e.data.get("stage", "")))
-            elif e.kind == "warning" and self.onWarning is not None:
-                self.onWarning(str(e.data.get("message", "")))
+                self.progress.engine(float(e.data.get("fraction", 0.0)), str(e.data.get("stage", "")))
+            elif e.kind == "warning":
+                message = str(e.data.get("message", ""))
+                self.warnings.append(message)
+                if self.onWarning is not None:
+                    self.onWarning(message)
         return new
 
     def _poll(self) -> None:
@@ -284,17 +398,18 @@ class BackgroundSegmentation:
             return
         try:
             from ..engine import io
+            from .stages import IMPORT_FRACTION
 
             labelmap = io.read_volume(done.data["labelmap"])
             stats = done.data.get("statistics")
-            self._report(0.99, "importing")
+            self.progress(IMPORT_FRACTION, "importing")
             seg = self.logic.importResult(self.inputVolumeNode, labelmap, done.data.get("labels") or [], stats,
                                           self.outputSegmentationNode, perLesionSegments=self.perLesionSegments,
                                           modelName=str(done.data.get("model", "")), tableNode=self.tableNode)
         except Exception as e:  # noqa: BLE001 - reported as text, the widget shows it
             self._finish(None, None, f"Could not load the segmentation result: {e}")
             return
-        self._report(1.0, "done")
+        self.progress(1.0, "done")
         self._finish(seg, stats, None)
 
     def _finish(self, seg, stats, error: Optional[str]) -> None:

@@ -11,17 +11,7 @@ from slicer.util import VTKObservationMixin
 
 from .logic import LiverCTSegmentationLogic
 from .modelchoice import LOAD_FROM_DISK, list_model_choices
-
-STAGE_NAMES = {
-    "starting": _("Starting"),
-    "loading": _("Loading image"),
-    "preprocess": _("Preparing image"),
-    "coarse": _("Finding the liver"),
-    "fine": _("Segmenting liver and tumors"),
-    "postprocess": _("Cleaning up"),
-    "importing": _("Creating segments"),
-    "done": _("Done"),
-}
+from .stages import STAGE_NAMES, stage_text  # noqa: F401 - STAGE_NAMES kept importable from here
 
 
 class LiverCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -136,31 +126,44 @@ class LiverCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     def onModelChanged(self, index: int) -> None:
         key = self.ui.modelComboBox.itemData(index)
         if key == LOAD_FROM_DISK:
-            folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(),
-                                                         _("Select a model bundle folder (containing model.json)"))
-            if not folder:
+            key = self.selectModelFromDisk()
+            if key is None:
                 self.populateModels(select=self._parameterNode.model if self._parameterNode else "")
                 return
-            if not os.path.isfile(os.path.join(folder, "model.json")):
-                slicer.util.errorDisplay(_("The selected folder has no model.json; it is not a model bundle."))
-                self.populateModels(select=self._parameterNode.model if self._parameterNode else "")
-                return
-            self.populateModels(select=folder)
-            key = folder
+            self.populateModels(select=key)
         self.ui.demoWarningLabel.visible = key in getattr(self, "_demoKeys", set())
         if self._parameterNode:
             self._parameterNode.model = key or ""
+
+    def selectModelFromDisk(self):
+        """Ask for a bundle's model.json or a zipped bundle; the model key, or None if cancelled/invalid."""
+        from ..engine.errors import BundleError
+        from .modelchoice import selected_bundle_key
+
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Select a model bundle: its model.json or a .zip archive"), "",
+            _("Model bundle (model.json *.zip);;All files (*)"))
+        if not path:
+            return None
+        try:
+            return selected_bundle_key(path)
+        except BundleError as e:
+            slicer.util.errorDisplay(str(e), windowTitle=_("Liver CT Segmentation"))
+            return None
 
     # ------------------------------------------------------------------ actions
     def onInstallDependencies(self) -> None:
         from .install import RestartRequired, ensure_dependencies
 
-        try:
-            if ensure_dependencies(askConfirmation=True):
-                self.ui.statusLabel.text = _("All dependencies are installed.")
-        except RestartRequired as e:
-            if slicer.util.confirmYesNoDisplay(str(e) + "\n\n" + _("Restart now?")):
-                slicer.util.restart()
+        with slicer.util.tryWithErrorDisplay(_("Failed to install the dependencies."), waitCursor=True):
+            try:
+                if ensure_dependencies(askConfirmation=True):
+                    self.ui.statusLabel.text = _("All dependencies are installed.")
+                else:
+                    self.ui.statusLabel.text = _("Dependencies were not installed.")
+            except RestartRequired as e:
+                if slicer.util.confirmYesNoDisplay(str(e) + "\n\n" + _("Restart now?")):
+                    slicer.util.restart()
 
     def onApplyButton(self) -> None:
         if self._run is not None and self._run.running:
@@ -183,12 +186,10 @@ class LiverCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             p = self._parameterNode
             if not self.downloadModelIfNeeded(p.model):
                 return
-            if p.resultsTable is None:
-                p.resultsTable = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", _("Liver statistics"))
-            self.ui.resultsTableView.setMRMLTableNode(p.resultsTable)
+            # No table passed: each segmentation keeps its own statistics table (see the logic).
             self._run = BackgroundSegmentation(
                 self.logic, p.inputVolume, p.outputSegmentation, model=p.model, device=p.device, fast=p.fast,
-                roi=p.roi, perLesionSegments=p.perLesionSegments, tableNode=p.resultsTable,
+                roi=p.roi, perLesionSegments=p.perLesionSegments, tableNode=None,
                 onProgress=self.onProgress, onWarning=self.onWarning, onFinished=self.onFinished)
             try:
                 self._run.start()
@@ -198,8 +199,9 @@ class LiverCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.setRunning(True)
 
     def downloadModelIfNeeded(self, key: str) -> bool:
-        """Ask, then download a manifest model that is not installed. False if declined."""
-        from .modelchoice import download_if_needed, list_model_choices
+        """Ask, then download a manifest model that is not installed (progress dialog). False if declined/cancelled."""
+        from ..engine.errors import Cancelled
+        from .modelchoice import download_with_progress, list_model_choices
 
         choice = next((c for c in list_model_choices() if c.key == key), None)
         if choice is None or choice.installed:
@@ -207,9 +209,16 @@ class LiverCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if not slicer.util.confirmOkCancelDisplay(
                 _("The model '{name}' is not installed yet. Download it now?").format(name=choice.label)):
             return False
-        self.ui.statusLabel.text = _("Downloading model…")
-        slicer.app.processEvents()
-        download_if_needed(key, progressCallback=lambda f, s: self.onProgress(f, _("Downloading model")))
+        dialog = slicer.util.createProgressDialog(
+            parent=slicer.util.mainWindow(), value=0, maximum=100, windowTitle=_("Liver CT Segmentation"),
+            labelText=_("Downloading model '{name}'…").format(name=choice.label))
+        try:
+            download_with_progress(key, dialog, slicer.app.processEvents)
+        except Cancelled:
+            self.ui.statusLabel.text = _("Model download cancelled.")
+            return False
+        finally:
+            dialog.close()
         self.populateModels(select=key)
         return True
 
@@ -224,7 +233,7 @@ class LiverCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     def onProgress(self, fraction: float, stage: str) -> None:
         self.ui.progressBar.value = int(round(100 * fraction))
-        self.ui.statusLabel.text = STAGE_NAMES.get(stage, stage)
+        self.ui.statusLabel.text = stage_text(stage)
 
     def onWarning(self, message: str) -> None:
         slicer.util.showStatusMessage(message, 5000)
@@ -242,6 +251,8 @@ class LiverCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         p = self._parameterNode
         if p is not None:
             p.outputSegmentation = segmentationNode
+            if segmentationNode is not None:  # show this segmentation's own table
+                p.resultsTable = self.logic.statisticsTableNode(segmentationNode)
             if p.resultsTable is not None:
                 self.ui.resultsTableView.setMRMLTableNode(p.resultsTable)
         n = int((statistics or {}).get("tumor_count") or 0)
@@ -252,15 +263,16 @@ class LiverCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._checkCanApply()
 
     def onShow3D(self) -> None:
-        seg = self._parameterNode.outputSegmentation if self._parameterNode else None
-        if seg is None:
-            return
-        seg.CreateClosedSurfaceRepresentation()
-        if seg.GetDisplayNode() is not None:
-            seg.GetDisplayNode().SetVisibility3D(True)
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is not None and layoutManager.threeDViewCount > 0:
-            layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the segmentation in 3D."), waitCursor=True):
+            seg = self._parameterNode.outputSegmentation if self._parameterNode else None
+            if seg is None:
+                return
+            seg.CreateClosedSurfaceRepresentation()
+            if seg.GetDisplayNode() is not None:
+                seg.GetDisplayNode().SetVisibility3D(True)
+            layoutManager = slicer.app.layoutManager()
+            if layoutManager is not None and layoutManager.threeDViewCount > 0:
+                layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
 
 
 def vtk_modified():
