@@ -211,3 +211,14 @@ def test_export_coarse_only_and_mismatched_weights(tmp_path, phantoms):
     torch.save(sd, run / "best_coarse.pt")
     assert X.main_export(["--run", str(run), "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad" / "model.json").exists()
+
+
+def test_lung_tumour_export_marks_the_bundle_lesion_only():
+    from liverct_training.config import load_config
+    from LiverCTSegmentationLib.engine.postprocess import lesions_only
+
+    lung = X.build_description(load_config("msd_lung_tumor"), ["coarse"], "lung", "0.1.0", demo=False)
+    assert lung["postprocess"]["lesions_only"] is True and lesions_only(lung)
+    assert [l["name"] for l in lung["labels"]] == ["Lung tumor"]
+    liver = X.build_description(load_config("phantom"), ["coarse", "fine"], "liver", "0.1.0", demo=True)
+    assert "lesions_only" not in liver["postprocess"] and not lesions_only(liver)

@@ -182,3 +182,70 @@ def test_instance_norm_bundles_run_on_training_sized_windows(tmp_path, monkeypat
     segment(vol, ModelBundle.load(make_box_bundle(tmp_path / "b", two_stage=False)),
             SegmentOptions(device="cpu", max_window_voxels=10**7))
     assert seen == [10**7]
+
+
+# ------------------------------------------------------- lesion-only bundles (lung tumour)
+LUNG_TUMOR_LABEL = {"value": 1, "name": "Lung tumor", "color": [144, 238, 144],
+                    "terminology": {"category": ["SCT", "49755003", "Morphologically Altered Structure"],
+                                    "type": ["SCT", "108369006", "Neoplasm"],
+                                    "region": ["SCT", "39607008", "Lung"]}}
+
+
+def _lesion_bundle(folder, task=None, lesions_only=None) -> ModelBundle:
+    """Single-stage threshold bundle relabelled as a lung-tumour model (model.json only; weights unchanged)."""
+    import json
+
+    path = make_box_bundle(folder, liver_hu=LIVER_HU, two_stage=False, coarse_spacing=2.0)  # the test grid
+    desc = json.loads((path / "model.json").read_text())
+    desc["labels"] = [LUNG_TUMOR_LABEL]
+    if task is not None:
+        desc["training"]["task"] = task
+    if lesions_only is not None:
+        desc["postprocess"]["lesions_only"] = lesions_only
+    (path / "model.json").write_text(json.dumps(desc))
+    return ModelBundle.load(path)
+
+
+def two_lesion_volume() -> Volume:
+    """Lung-like background with two separate, differently sized tumour-HU spheres and one 1-voxel speck."""
+    shape = (40, 60, 90)
+    k, j, i = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    a = np.full(shape, -800, np.int16)
+    a[((i - 25) ** 2 + (j - 30) ** 2 + (k - 20) ** 2) <= 8 ** 2] = 130  # big lesion (r 16 mm)
+    a[((i - 70) ** 2 + (j - 30) ** 2 + (k - 20) ** 2) <= 5 ** 2] = 130  # smaller one, 30 mm apart
+    return Volume(a, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+
+
+def _n_components(mask: np.ndarray) -> int:
+    import SimpleITK as sitk
+
+    cc = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True)
+    return int(sitk.GetArrayFromImage(cc).max())
+
+
+@pytest.mark.parametrize("how", [{"task": "lung_tumor"}, {"lesions_only": True}])
+def test_lung_tumour_bundle_keeps_every_lesion(tmp_path, how):
+    mb = _lesion_bundle(tmp_path / "lung", **how)
+    vol = two_lesion_volume()
+    res = segment(vol, mb, SegmentOptions(device="cpu"))
+    lab = res.labelmap.array
+    assert res.labelmap.same_grid(vol) and set(np.unique(lab)) <= {0, 1}
+    assert _n_components(lab > 0) == 2, "both lesions must survive (no largest-component rule)"
+    assert dice(lab, vol.array > 0) > 0.9
+    assert res.statistics.tumor_count == 2 and res.statistics.liver_ml == 0.0
+    assert not any("liver" in w.lower() for w in res.warnings), res.warnings
+
+
+def test_liver_bundle_still_keeps_only_the_largest_component(tmp_path):
+    # Control: the same network as a liver bundle keeps one organ (what the lung bundles must not do).
+    mb = _lesion_bundle(tmp_path / "liver", task="liver_tumor")
+    res = segment(two_lesion_volume(), mb, SegmentOptions(device="cpu"))
+    assert _n_components(res.labelmap.array > 0) == 1
+
+
+def test_lung_tumour_bundle_empty_result_does_not_mention_liver(tmp_path):
+    mb = _lesion_bundle(tmp_path / "lung", task="lung_tumor")
+    res = segment(Volume(np.full((20, 30, 30), -800, np.int16), (2.0, 2.0, 2.0)), mb, SegmentOptions(device="cpu"))
+    assert not res.labelmap.array.any()
+    assert res.warnings and all("liver" not in w.lower() for w in res.warnings)
+    assert any("lung tumor" in w.lower() for w in res.warnings)

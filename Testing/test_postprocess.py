@@ -8,7 +8,9 @@ from LiverCTSegmentationLib.engine.postprocess import (
     fill_holes_3d,
     fill_holes_per_slice,
     largest_component,
+    lesions_only,
     postprocess,
+    postprocess_lesions,
 )
 
 SP = (1.0, 1.0, 1.0)
@@ -130,3 +132,23 @@ def test_input_not_modified_and_other_labels_removed() -> None:
     out = postprocess(lab, SP, NO_SPECKS)
     assert np.array_equal(lab, before)
     assert set(np.unique(out)) == {0, 1}
+
+
+def test_lesion_only_postprocess_keeps_every_lesion_and_drops_specks() -> None:
+    lab = np.zeros((30, 30, 30), np.uint8)
+    box(lab, (2, 8), (2, 8), (2, 8), 1)      # 216 mm3
+    box(lab, (20, 25), (20, 25), (20, 25), 1)  # 125 mm3, far from the first
+    lab[15, 2, 27] = 1                           # 1 mm3 speck
+    out = postprocess_lesions(lab, SP, {"min_lesion_mm3": 30.0, "fill_holes": True})
+    assert (out[2:8, 2:8, 2:8] == 1).all() and (out[20:25, 20:25, 20:25] == 1).all()
+    assert out[15, 2, 27] == 0 and out.sum() == 216 + 125
+    # The organ rules on the same map keep only the largest blob: what lung bundles must avoid.
+    assert postprocess(lab, SP, NO_SPECKS).astype(bool).sum() == 216
+
+
+def test_lesions_only_follows_flag_then_task() -> None:
+    assert lesions_only({"training": {"task": "lung_tumor"}})
+    assert not lesions_only({"training": {"task": "liver_tumor"}})
+    assert not lesions_only({})
+    assert lesions_only({"postprocess": {"lesions_only": True}, "training": {"task": "liver"}})
+    assert not lesions_only({"postprocess": {"lesions_only": False}, "training": {"task": "lung_tumor"}})

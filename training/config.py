@@ -148,11 +148,29 @@ def load_config(path: str | Path, overrides: Iterable[str] | None = None) -> dic
     return cfg
 
 
-def validate_config(cfg: dict) -> None:
-    """Reject configs that would fail late (after minutes of caching) with a clear message."""
+def trained_stages(cfg: dict) -> dict[str, dict]:
+    """The stages this run trains (``train.stages`` subset, default all); unknown names are an error.
+
+    Validation checks only these: a stage excluded by ``train.stages`` (e.g. the fine stage of a
+    coarse-only run with ``train.loss=bce``) must not make the run fail.
+    """
     stages = cfg.get("stages") or {}
     if not stages:
         raise ConfigError("config has no stages: define stages.coarse (and optionally stages.fine)")
+    subset = (cfg.get("train") or {}).get("stages")
+    if not subset:
+        return dict(stages)
+    if isinstance(subset, str):
+        subset = [s.strip() for s in subset.split(",") if s.strip()]
+    unknown = [s for s in subset if s not in stages]
+    if unknown:
+        raise ConfigError(f"train.stages names {unknown} but the config defines only {sorted(stages)}")
+    return {n: st for n, st in stages.items() if n in subset}
+
+
+def validate_config(cfg: dict) -> None:
+    """Reject configs that would fail late (after minutes of caching) with a clear message."""
+    stages = trained_stages(cfg)
     for name, st in stages.items():
         for key in ("architecture", "spacing", "patch_size", "intensity"):
             if key not in st:

@@ -25,11 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from LiverCTSegmentationLib.engine.errors import LiverSegError
+
 VOLUME_EXTS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-class DatasetError(ValueError):
-    """The dataset folder does not match the expected layout."""
+class DatasetError(LiverSegError, ValueError):
+    """The dataset folder does not match the expected layout.
+
+    A LiverSegError so ``liverseg-train`` prints one line, not a traceback; still a ValueError for callers.
+    """
+
+    code = "dataset"
 
 
 @dataclass(frozen=True, order=True)

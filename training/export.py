@@ -24,8 +24,11 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .labels import TASK_LABELS, TASK_MAPPINGS, check_task
 from LiverCTSegmentationLib.engine.bundle import sha256_file as _sha256_file
+from LiverCTSegmentationLib.engine.errors import LiverSegError
+from LiverCTSegmentationLib.engine.postprocess import LESION_TASKS
+
+from .labels import TASK_LABELS, TASK_MAPPINGS, check_task
 
 DEFAULT_POSTPROCESS = {"min_lesion_mm3": 30.0, "fill_holes": True, "tumor_max_distance_mm": 5.0}
 STAGE_KEYS = ("architecture", "spacing", "patch_size", "intensity", "class_to_label", "margin_mm", "orientation")
@@ -49,8 +52,10 @@ DATA_SOURCES: dict[str, tuple[str, str]] = {
 }
 
 
-class ExportError(ValueError):
-    """The run dir lacks something the bundle needs."""
+class ExportError(LiverSegError, ValueError):
+    """The run dir lacks something the bundle needs (one-line CLI error)."""
+
+    code = "export"
 
 
 
@@ -94,6 +99,15 @@ def _data_kind(cfg: Mapping[str, Any], split: Mapping[str, Any] | None) -> str:
     return kind
 
 
+def _postprocess(cfg: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """The bundle's postprocess section; lesion-only tasks (lung tumour) say so explicitly, so the
+    engine never applies liver rules (largest component, hole filling) that would drop lesions."""
+    pp = dict(cfg.get("postprocess") or DEFAULT_POSTPROCESS)
+    if task in LESION_TASKS:
+        pp.setdefault("lesions_only", True)
+    return pp
+
+
 def build_description(cfg: Mapping[str, Any], stages: Sequence[str], name: str, version: str, demo: bool,
                       metrics: Mapping[str, Any] | None = None, split: Mapping[str, Any] | None = None,
                       command: str = "", description: str | None = None) -> dict[str, Any]:
@@ -126,7 +140,7 @@ def build_description(cfg: Mapping[str, Any], stages: Sequence[str], name: str, 
         "demo": bool(demo),
         "labels": json.loads(json.dumps(TASK_LABELS[task])),
         "stages": stage_desc,
-        "postprocess": dict(cfg.get("postprocess") or DEFAULT_POSTPROCESS),
+        "postprocess": _postprocess(cfg, task),
         "training": {
             "task": task,
             "data": f"{data_text} [{licence}]",

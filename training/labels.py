@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+from LiverCTSegmentationLib.engine.errors import LiverSegError
 
 # --------------------------------------------------------------- constants
 # Shared label descriptions (colour 0..255 + SNOMED CT terminology) used by
@@ -78,8 +79,10 @@ TASK_CLASSES: dict[str, dict[str, tuple[int, ...]]] = {
 TASK_TUMOR_LABEL: dict[str, int | None] = {"liver_tumor": 2, "liver": None, "lung_tumor": 1}
 
 
-class LabelError(ValueError):
-    """Ground truth holds values the task's mapping does not know."""
+class LabelError(LiverSegError, ValueError):
+    """Ground truth holds values the task's mapping does not know (one-line CLI error)."""
+
+    code = "label"
 
 
 def check_task(task: str) -> str:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from LiverCTSegmentationLib.engine.errors import LiverSegError
 
 FLIPS = ("none", "vertical", "horizontal", "both")
 #: IRCADb MASKS_DICOM sub-folder patterns -> our label (later entries win).
@@ -51,8 +52,10 @@ IRCADB_LIVER = {"liver": 1}
 IRCADB_LIVER_TUMOR = {"liver": 1, "livertumor*": 2, "livertumors": 2}
 
 
-class PrepareError(ValueError):
-    """The input folder does not look like the expected dataset or is inconsistent."""
+class PrepareError(LiverSegError, ValueError):
+    """The input folder does not look like the expected dataset or is inconsistent (one-line CLI error)."""
+
+    code = "prepare"
 
 
 @dataclass

@@ -22,14 +22,17 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from LiverCTSegmentationLib.engine.errors import LiverSegError
 
 from .datasets import Case
 
 SUBSETS = ("train", "val", "test")
 
 
-class SplitError(ValueError):
-    """The stored split does not fit the current data, or is malformed."""
+class SplitError(LiverSegError, ValueError):
+    """The stored split does not fit the current data, or is malformed (one-line CLI error)."""
+
+    code = "split"
 
 
 def case_list_sha256(cases: Sequence[Case]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import distributed as D
-from .config import load_config, save_config
+from .config import ConfigError, load_config, save_config, trained_stages
 from .determinism import make_generator, rng_state, seed_everything, set_rng_state, worker_init_fn
 from .sampling import PatchDataset, StageCase, label_lut
 
@@ -101,7 +101,9 @@ def load_stage_cases(cases: list, stage_name: str, st: dict, cfg: dict, desc: st
     from tqdm import tqdm
 
     info = D.env_info()
-    return [stage_case(c, stage_name, st, cfg) for c in tqdm(cases, desc=desc, disable=not info.is_main, leave=False)]
+    # `with`: an error while caching closes (clears) the bar, so the CLI's one-line message starts a line.
+    with tqdm(cases, desc=desc, disable=not info.is_main, leave=False) as bar:
+        return [stage_case(c, stage_name, st, cfg) for c in bar]
 
 
 # ------------------------------------------------------------ optimisation
@@ -152,6 +154,30 @@ def autocast_dtype(t: dict, device) -> Any:
     return None
 
 
+def stage_settings(cfg: dict, stage_name: str) -> dict:
+    """The train section as a stage sees it: ``train`` with ``stages.<stage>.train`` merged over it."""
+    from .config import deep_merge
+
+    return deep_merge(cfg["train"], cfg["stages"][stage_name].get("train") or {})
+
+
+def train_step(model, loss_fn, opt, x, y, amp_dtype, scaler):
+    """One optimiser step under the run's autocast (shared with bench/bench_training.py); returns the loss."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        loss = loss_fn(model(x), y)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+    return loss
+
+
 # -------------------------------------------------------------- validation
 def predict_stage(model, image: np.ndarray, st: dict, device) -> np.ndarray:
     """Class map of a stage array with the engine's sliding-window inference (what the module runs)."""
@@ -191,6 +217,18 @@ def validate(model, val: list[StageCase], st: dict, device, info: D.DistInfo) ->
                for c in range(1, n_classes)}
     metrics["val_dice"] = float(np.mean(list(metrics.values()))) if metrics else 0.0
     return metrics, example
+
+
+def is_improvement(score: float | None, best: float, has_val: bool) -> bool:
+    """Whether this epoch's weights become best_<stage>.pt.
+
+    Only a validation round can select weights: an epoch without one (val_every > 1) must not
+    overwrite the selected model. A run with no validation cases at all (leave-one-out final
+    models) has nothing to select on, so best is simply the latest epoch.
+    """
+    if score is None:
+        return not has_val
+    return score > best
 
 
 def _batch_generator(device, seed: int, rank: int, epoch: int, it: int):
@@ -238,14 +276,12 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
     from .losses import build_loss
     from .plots import plot_curves, plot_overlay
 
-    from .config import deep_merge
-
     st = cfg["stages"][stage_name]
-    t = deep_merge(cfg["train"], st.get("train") or {})
+    t = stage_settings(cfg, stage_name)
     arch = st["architecture"]
     div = required_divisor(arch)
     if any(int(p) % div for p in st["patch_size"][3 - spatial_dims(arch):]):
-        raise ValueError(f"stages.{stage_name}.patch_size {st['patch_size']} must be multiples of {div}")
+        raise ConfigError(f"stages.{stage_name}.patch_size {st['patch_size']} must be multiples of {div}")
     last_path, best_path = run_dir / f"last_{stage_name}.pt", run_dir / f"best_{stage_name}.pt"
     ckpt = None
     if resume and last_path.exists():
@@ -320,16 +356,7 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
             if on_device is not None:
                 with torch.no_grad():
                     x, y = on_device(x, y, _batch_generator(device, seed, info.rank, epoch, it))
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = loss_fn(model(x), y)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            loss = train_step(model, loss_fn, opt, x, y, amp_dtype, scaler)
             if t["schedule"] != "plateau":
                 sched.step()
             losses.append(float(loss.detach()))
@@ -346,7 +373,7 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
             if t["schedule"] == "plateau":
                 sched.step(vm["val_dice"])
         score = row.get("val_dice")
-        improved = score is None or score > best
+        improved = is_improvement(score, best, has_val=bool(val_cases))
         if score is not None:
             best, bad = (score, 0) if improved else (best, bad + 1)
         history.append(row)
@@ -369,7 +396,7 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
         if stop:
             stopped_early = True
             if info.is_main:
-                print(f"[{stage_name}] early stop: no val Dice gain for {patience} epochs", flush=True)
+                print(f"[{stage_name}] early stop: no val Dice gain for {patience} validation rounds", flush=True)
             break
 
     summary = {"stage": stage_name, "epochs_run": len(history), "best_val_dice": best if best >= 0 else None,
@@ -425,9 +452,8 @@ def train(cfg: dict, resume: bool = False) -> dict:
             cfg_path = save_config(cfg, run_dir / "config.yaml")
             tracker.log_config(cfg)
             tracker.log_artifact(cfg_path)
-        stages = [s for s in STAGE_ORDER if s in cfg["stages"]] + [s for s in cfg["stages"] if s not in STAGE_ORDER]
-        if t.get("stages"):
-            stages = [s for s in stages if s in t["stages"]]
+        chosen = trained_stages(cfg)
+        stages = [s for s in STAGE_ORDER if s in chosen] + [s for s in chosen if s not in STAGE_ORDER]
         results = {s: train_stage(s, cfg, splits, run_dir, device, info, tracker, resume) for s in stages}
         if info.is_main:
             (run_dir / "train_summary.json").write_text(json.dumps(results, indent=1))

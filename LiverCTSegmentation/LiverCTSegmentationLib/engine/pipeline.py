@@ -4,12 +4,15 @@
    the coarse spacing (e.g. 3 mm), normalised, and run through a sliding
    window; any non-zero label counts as liver; the largest connected
    component is kept (cheap at low resolution). No liver -> an empty labelmap
-   and a warning, not an exception.
+   and a warning, not an exception. Lesion-only bundles (task ``lung_tumor``,
+   ``postprocess.lesions_only``) keep every component: there is no organ, and
+   all lesions count.
 2. Fine (if the bundle has one): the coarse liver's physical bounding box plus
    ``margin_mm`` is converted to an index box of the *input* grid; only that
    box is cropped and resampled to the fine spacing (same direction frame as
    the input), then sliding window and ``class_to_label``.
-3. Post-processing (``postprocess.postprocess``) at the fine (or coarse)
+3. Post-processing (``postprocess.postprocess``, or ``postprocess_lesions``
+   for lesion-only bundles: speck removal only) at the fine (or coarse)
    resolution.
 4. The uint8 labels are pasted back onto the input's exact grid by
    nearest-neighbour resampling through physical space (oblique, flipped and
@@ -38,6 +41,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import InputError
+from .postprocess import lesions_only
 from .progress import Progress
 from .volume import Volume
 
@@ -137,6 +141,27 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
         return lab == 1
 
 
+def _target_name(bundle) -> str:
+    """What the warnings call the finding: "liver" for organ bundles, else the bundle's label names."""
+    if not lesions_only(bundle.description):
+        return "liver"
+    names = [str(lab.get("name", "")).lower() for lab in bundle.labels if lab.get("name")]
+    return " or ".join(names) or "lesion"
+
+
+def _lesion_statistics(label: Volume, bundle):
+    """Statistics of a lesion-only labelmap: its labels are lesions (counted, measured), there is no organ."""
+    from dataclasses import replace
+
+    from .statistics import compute_statistics
+
+    values = sorted(int(lab["value"]) for lab in bundle.labels) or [1]
+    arr = label.array if len(values) == 1 else (label.array > 0).astype(np.uint8) * values[0]
+    # An absent organ value: organ volume is then the lesions only, reported as 0 with burden 0.
+    stats = compute_statistics(label.with_array(arr), liver_label=255, tumor_label=values[0])
+    return replace(stats, liver_ml=0.0, burden_percent=0.0)
+
+
 def _roi_crop(volume: Volume, roi_lps) -> Volume:
     from .preprocess import crop_box, physical_box_to_index_range
 
@@ -175,6 +200,8 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
         max_window = max(0, int(options.max_window_voxels))
     overlap = FAST_OVERLAP if options.fast else float(options.overlap)
     has_fine = "fine" in bundle.stages
+    lesion_bundle = lesions_only(bundle.description)
+    target = _target_name(bundle)
 
     def result(label: Volume) -> SegmentationResult:
         progress.stage("statistics", 0.99, 1.0)
@@ -183,7 +210,7 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
         try:
             from .statistics import compute_statistics
 
-            stats = compute_statistics(label)
+            stats = _lesion_statistics(label, bundle) if lesion_bundle else compute_statistics(label)
         except ImportError:  # pragma: no cover
             warnings.append("Statistics are unavailable in this installation.")
         timings["statistics"] = time.perf_counter() - t
@@ -199,12 +226,16 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
                                max_window)
     timings["preprocess"] = t_pre
     timings["coarse"] = time.perf_counter() - t - t_pre
-    liver = _largest_component(coarse.array > 0)
+    # Lesion bundles: every component is a finding (the largest alone would drop all other lesions).
+    liver = (coarse.array > 0) if lesion_bundle else _largest_component(coarse.array > 0)
     if not liver.any():
-        warnings.append(
-            "No liver found: the image may not contain the liver, may not be an abdominal CT, "
-            "or the region of interest misses it. The result is empty."
-        )
+        if lesion_bundle:
+            warnings.append(f"No {target} found (or the region of interest misses it). The result is empty.")
+        else:
+            warnings.append(
+                "No liver found: the image may not contain the liver, may not be an abdominal CT, "
+                "or the region of interest misses it. The result is empty."
+            )
         empty = Volume(np.zeros(volume.shape_kji[:3], np.uint8), volume.spacing, volume.origin,
                        volume.direction.copy())
         return result(empty)
@@ -234,15 +265,16 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
     progress.stage("postprocess", 0.9, 0.97)
     t = time.perf_counter()
     try:
-        from .postprocess import postprocess
+        from .postprocess import postprocess, postprocess_lesions
 
-        cleaned = postprocess(label.array, label.spacing, bundle.postprocess)
+        clean = postprocess_lesions if lesion_bundle else postprocess
+        cleaned = clean(label.array, label.spacing, bundle.postprocess)
         label = label.with_array(np.asarray(cleaned, dtype=np.uint8))
     except ImportError:  # pragma: no cover - fallback while postprocess is absent
         warnings.append("Post-processing is unavailable in this installation; raw network output is shown.")
     timings["postprocess"] = time.perf_counter() - t
     if not label.array.any():
-        warnings.append("No liver found after post-processing. The result is empty.")
+        warnings.append(f"No {target} found after post-processing. The result is empty.")
 
     # ------------------------------------------------------ paste back
     progress.stage("resample", 0.97, 0.99)
