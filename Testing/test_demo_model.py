@@ -33,15 +33,20 @@ def test_demo_model_is_labelled_two_stage_demo(demo_bundle):
 _NOT_YET = pytest.mark.xfail(strict=True, reason="demo model 0.2.0: 0.942 liver Dice on the 5 mm RAS phantom")
 
 
+def _phantom_run(bundle: ModelBundle, seed: int, orientation: str):
+    """Segment a held-out phantom (seeds far from the training range 1000+; full field of view so the
+    truth is a whole liver) -> (ct, result, liver Dice, truth liver mask); the result is on the CT grid."""
+    ct, truth = make_phantom(seed, orientation=orientation, fov="full")
+    res = segment(ct, bundle, SegmentOptions(device="cpu"))
+    assert res.labelmap.same_grid(ct)
+    pred, gt = res.labelmap.array > 0, truth.array > 0
+    return ct, res, 2 * np.logical_and(pred, gt).sum() / (pred.sum() + gt.sum()), gt
+
+
 @pytest.mark.parametrize("seed,orientation", [
     (70001, "LPS"), pytest.param(70002, "RAS", marks=_NOT_YET), (70003, "oblique")])
 def test_cascade_reaches_liver_dice_095_on_held_out_phantoms(demo_bundle, seed, orientation):
-    # Seeds far from the training range (1000+); full field of view so the truth is a whole liver.
-    ct, truth = make_phantom(seed, orientation=orientation, fov="full")
-    res = segment(ct, demo_bundle, SegmentOptions(device="cpu"))
-    assert res.labelmap.same_grid(ct)
-    pred, gt = res.labelmap.array > 0, truth.array > 0
-    dice = 2 * np.logical_and(pred, gt).sum() / (pred.sum() + gt.sum())
+    ct, res, dice, gt = _phantom_run(demo_bundle, seed, orientation)
     assert dice >= 0.95, f"liver Dice {dice:.3f} ({orientation}, seed {seed})"
     assert abs(res.statistics.liver_ml - gt.sum() * ct.voxel_volume_mm3 / 1000) / res.statistics.liver_ml < 0.1
 
@@ -51,9 +56,5 @@ def test_default_real_model_finds_the_phantom_liver(default_bundle, seed, orient
     # The real-CT model never saw a phantom: this checks it transfers (measured 0.920 / 0.891 /
     # 0.918, see its model card) and that canonical stage grids handle RAS and oblique inputs.
     assert default_bundle.demo is False
-    ct, truth = make_phantom(seed, orientation=orientation, fov="full")
-    res = segment(ct, default_bundle, SegmentOptions(device="cpu"))
-    assert res.labelmap.same_grid(ct)
-    pred, gt = res.labelmap.array > 0, truth.array > 0
-    dice = 2 * np.logical_and(pred, gt).sum() / (pred.sum() + gt.sum())
+    _ct, _res, dice, _gt = _phantom_run(default_bundle, seed, orientation)
     assert dice >= 0.88, f"liver Dice {dice:.3f} ({orientation}, seed {seed})"

@@ -155,6 +155,27 @@ def test_loo_trains_folds_evaluates_held_out_case_and_exports_final(dataset, tmp
     assert "| b |" in (out / "loo" / "loo_summary.md").read_text()
     model = json.loads((out / "final" / "bundle" / "model.json").read_text())
     assert model["stages"]["coarse"]["orientation"] == "canonical"
+    card = (out / "final" / "bundle" / "MODEL_CARD.md").read_text()
+    assert "licence: CHAOS CC-BY-SA 4.0" in card and "Three public CTs" in card   # the config's own data text
     bad = subprocess.run([sys.executable, "-m", "liverct_training.cli", "loo", str(cfg), "--run-dir", str(out),
                           "--cases", "zz", "--eval-only"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unknown case" in (bad.stdout + bad.stderr)
+
+
+def test_stage_case_trains_fine_inside_the_liver_box_and_coarse_on_the_whole_scan(dataset, tmp_path):
+    from liverct_training.train import stage_case
+
+    tmp, root, pairs = dataset
+    cfg = load_config(str(_tiny_config(tmp_path, root, pairs)), [f"data.cache_dir={tmp_path / 'c'}"])
+    cfg["stages"]["fine"].pop("margin_mm")      # the default margin (20 mm) still applies
+    case = next(c for c in read_dataset(cfg["data"]) if c.case_id == "a")
+    coarse = stage_case(case, "coarse", cfg["stages"]["coarse"], cfg)
+    fine = stage_case(case, "fine", cfg["stages"]["fine"], cfg)
+    whole = load_cached(case, dict(cfg["stages"]["fine"]), tmp_path / "c", "liver_tumor")
+    assert whole.meta["crop_kji"] is None and coarse.target.any()
+    liver = np.argwhere(np.isin(whole.label, (1, 2)))
+    margin = int(np.ceil(20.0 / 3.0))
+    expect = tuple(min(hi + 1 + margin, n) - max(lo - margin, 0)
+                   for lo, hi, n in zip(liver.min(0), liver.max(0), whole.label.shape))
+    assert fine.image.shape == expect and fine.image.size < whole.image.size
+    assert fine.labels is not None and fine.labels.shape == fine.image.shape   # torch backend keeps raw ids

@@ -76,9 +76,8 @@ def cache_key(case: Case, stage_spec: Any, mapping: Mapping[int, int], hash_file
         "intensity": {k: v for k, v in sorted(dict(_get(stage_spec, "intensity")).items())},
         "mapping": {str(k): int(v) for k, v in sorted(mapping.items())},
     }
-    orientation = _get(stage_spec, "orientation", "native") or "native"
-    if orientation != "native":
-        inputs["orientation"] = str(orientation)
+    if _orientation(stage_spec) != "native":
+        inputs["orientation"] = _orientation(stage_spec)
     crop = _get(stage_spec, "margin_mm")
     if crop is not None:
         inputs["crop_margin_mm"] = float(crop)
@@ -128,13 +127,30 @@ def _bbox(mask: np.ndarray) -> list[list[int]] | None:
     return out
 
 
-def _crop_to_liver(image: np.ndarray, label: np.ndarray, margin_mm: float, spacing) -> tuple:
-    """image/label cut to the liver's (labels 1, 2) bounding box plus ``margin_mm``; and that box [k, j, i]."""
+def _orientation(spec: Any) -> str:
+    return str(_get(spec, "orientation", "native") or "native")
+
+
+def stage_cache_spec(stage_name: str, st: Mapping[str, Any]) -> dict[str, Any]:
+    """What the cache keys and builds a stage's entries from.
+
+    A fine stage only ever trains and runs inside the liver box plus its margin, so its
+    entries hold just that box (``margin_mm``, default 20 mm as in export); a coarse stage
+    always keeps the whole volume.
+    """
+    spec = dict(st)
+    if stage_name == "coarse":
+        spec.pop("margin_mm", None)
+    else:
+        spec["margin_mm"] = float(spec.get("margin_mm", 20.0))
+    return spec
+
+
+def _liver_crop_kji(label: np.ndarray, margin_mm: float, spacing_ijk) -> list[list[int]]:
+    """[lo, hi) per axis (k, j, i) of the liver's (labels 1, 2) bounding box plus ``margin_mm``, clipped."""
     box = _bbox(np.isin(label, (1, 2)))
-    m = np.ceil(margin_mm / np.asarray(spacing, float)[::-1]).astype(int)
-    crop = [[max(lo - int(mk), 0), min(hi + int(mk), n)] for (lo, hi), mk, n in zip(box, m, label.shape)]
-    sl = tuple(slice(lo, hi) for lo, hi in crop)
-    return np.ascontiguousarray(image[sl]), np.ascontiguousarray(label[sl]), crop
+    m = np.ceil(margin_mm / np.asarray(spacing_ijk, float)[::-1]).astype(int)
+    return [[max(lo - int(mk), 0), min(hi + int(mk), n)] for (lo, hi), mk, n in zip(box, m, label.shape)]
 
 
 def build_entry(case: Case, stage_spec: Any, cache_dir: str | Path, task: str = "liver_tumor",
@@ -152,8 +168,7 @@ def build_entry(case: Case, stage_spec: Any, cache_dir: str | Path, task: str = 
         return final
     ct, lab = load_case(case, task, label_mapping)
     spacing = tuple(float(s) for s in _get(stage_spec, "spacing"))
-    ct_r = preprocess.resample_to_spacing(ct, spacing, interpolation="linear",
-                                          orientation=str(_get(stage_spec, "orientation", "native") or "native"))
+    ct_r = preprocess.resample_to_spacing(ct, spacing, interpolation="linear", orientation=_orientation(stage_spec))
     image = preprocess.normalise(np.asarray(ct_r.array, dtype=np.float32), dict(_get(stage_spec, "intensity")))
     label = None
     if lab is not None:
@@ -165,10 +180,11 @@ def build_entry(case: Case, stage_spec: Any, cache_dir: str | Path, task: str = 
     crop_kji = None
     if margin is not None and label is not None and np.isin(label, (1, 2)).any():
         # A fine stage only ever trains and runs inside the liver box + its margin: store just that.
-        image, label, crop_kji = _crop_to_liver(image, label, float(margin), ct_r.spacing)
-        lo_ijk = np.array([crop_kji[2][0], crop_kji[1][0], crop_kji[0][0]], float)
-        origin = np.asarray(ct_r.origin) + np.asarray(ct_r.direction) @ (lo_ijk * np.asarray(ct_r.spacing))
-        ct_r = ct_r.__class__(image, ct_r.spacing, tuple(float(o) for o in origin), ct_r.direction)
+        crop_kji = _liver_crop_kji(label, float(margin), ct_r.spacing)
+        sl = tuple(slice(lo, hi) for lo, hi in crop_kji)
+        image, label = np.ascontiguousarray(image[sl]), np.ascontiguousarray(label[sl])
+        (k0, k1), (j0, j1), (i0, i1) = crop_kji
+        ct_r = preprocess.crop_box(ct_r, (i0, j0, k0), (i1 - 1, j1 - 1, k1 - 1))
     tumor_value = TASK_TUMOR_LABEL.get(task)
     fg = np.flatnonzero(label > 0) if label is not None else np.zeros(0, np.int64)
     tumor = (np.flatnonzero(label == tumor_value) if label is not None and tumor_value is not None
@@ -275,7 +291,7 @@ def main_cache(argv: list[str] | None = None) -> int:
         def tqdm(x, **_):  # type: ignore[no-redef]
             return x
     for st in stages:
-        spec = cfg["stages"][st]
+        spec = stage_cache_spec(st, cfg["stages"][st])
         for case in tqdm(selected, desc=f"cache {st}", unit="case"):
             build_entry(case, spec, cache_dir, data.get("task", "liver_tumor"),
                         data.get("label_mapping"), a.hash_files or bool(data.get("cache_hash_files")))

@@ -108,6 +108,13 @@ def _postprocess(cfg: Mapping[str, Any], task: str) -> dict[str, Any]:
     return pp
 
 
+def data_source(data: Mapping[str, Any], kind: str) -> tuple[str, str]:
+    """(what the training data is, its licence): the config's ``data.description``/``data.licence``
+    when given, else the dataset kind's standard text."""
+    text, licence = DATA_SOURCES.get(kind, DATA_SOURCES["generic"])
+    return str(data.get("description") or text), str(data.get("licence") or licence)
+
+
 def build_description(cfg: Mapping[str, Any], stages: Sequence[str], name: str, version: str, demo: bool,
                       metrics: Mapping[str, Any] | None = None, split: Mapping[str, Any] | None = None,
                       command: str = "", description: str | None = None) -> dict[str, Any]:
@@ -123,11 +130,7 @@ def build_description(cfg: Mapping[str, Any], stages: Sequence[str], name: str, 
             d["margin_mm"] = 20.0
         stage_desc[s] = json.loads(json.dumps(d))  # plain JSON types
     kind = _data_kind(cfg, split)
-    data_text, licence = DATA_SOURCES.get(kind, DATA_SOURCES["generic"])
-    if data.get("description"):
-        data_text = str(data["description"])
-    if data.get("licence"):
-        licence = str(data["licence"])
+    data_text, licence = data_source(data, kind)
     if description is None:
         description = (f"Demo model trained on synthetic phantoms only. Not for real patients. Research use only."
                        if demo else f"{task.replace('_', ' ')} segmentation trained on {kind} data. "
@@ -229,9 +232,7 @@ def write_model_card(path: Path, desc: Mapping[str, Any], cfg: Mapping[str, Any]
                      command: str) -> Path:
     tr = desc["training"]
     kind = tr["data_kind"]
-    data_text, licence = DATA_SOURCES.get(kind, DATA_SOURCES["generic"])
-    data_cfg = cfg.get("data") or {}
-    data_text, licence = str(data_cfg.get("description") or data_text), str(data_cfg.get("licence") or licence)
+    data_text, licence = data_source(cfg.get("data") or {}, kind)
     t = cfg.get("train") or {}
     L: list[str] = [f"# Model card: {desc['name']} {desc['version']}", ""]
     if desc.get("demo"):

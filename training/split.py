@@ -69,17 +69,19 @@ def make_split(cases: Sequence[Case], seed: int = 0, fractions: Sequence[float] 
     assign = {p: "train" for p in shuffled[:n_train]}
     assign.update({p: "val" for p in shuffled[n_train:n_train + n_val]})
     assign.update({p: "test" for p in shuffled[n_train + n_val:]})
+    return _split_record(cases, assign, seed=int(seed), fractions=[float(x) for x in fractions])
+
+
+def _split_record(cases: Sequence[Case], assign: Mapping[str, str], **header: Any) -> dict[str, Any]:
+    """The stored split: header, the case records and each subset's sorted case ids (patient -> subset)."""
     out: dict[str, Any] = {
-        "format_version": 1,
-        "seed": int(seed),
-        "fractions": [float(x) for x in fractions],
-        "level": "patient",
+        "format_version": 1, **header, "level": "patient",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "case_list_sha256": case_list_sha256(cases),
         "cases": {c.case_id: c.to_dict() for c in sorted(cases, key=lambda c: c.case_id)},
     }
-    for s in SUBSETS:
-        out[s] = sorted(c.case_id for c in cases if assign[c.patient_id] == s)
+    for sub in SUBSETS:
+        out[sub] = sorted(c.case_id for c in cases if assign[c.patient_id] == sub)
     return out
 
 
@@ -103,15 +105,7 @@ def explicit_split(cases: Sequence[Case], val: Sequence[str] = (), test: Sequenc
               for c in cases}
     if not any(v == "train" for v in assign.values()):
         raise SplitError("the named val/test cases leave nothing to train on")
-    out: dict[str, Any] = {
-        "format_version": 1, "seed": None, "fractions": None, "level": "patient", "explicit": True,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "case_list_sha256": case_list_sha256(cases),
-        "cases": {c.case_id: c.to_dict() for c in sorted(cases, key=lambda c: c.case_id)},
-    }
-    for sub in SUBSETS:
-        out[sub] = sorted(c.case_id for c in cases if assign[c.patient_id] == sub)
-    return out
+    return _split_record(cases, assign, seed=None, fractions=None, explicit=True)
 
 
 def write_split(split: Mapping[str, Any], path: str | Path) -> Path:

@@ -57,44 +57,31 @@ def split_cases(cfg: dict, run_dir: Path, write: bool = True) -> dict[str, list]
     return {s: subset_cases(split, s, cases) for s in ("train", "val", "test")}
 
 
-def _liver_box(target: np.ndarray, margin_vox: np.ndarray) -> tuple[slice, ...]:
-    nz = np.argwhere(target > 0)
-    if len(nz) == 0:
-        return tuple(slice(0, s) for s in target.shape)
-    lo = np.maximum(nz.min(0) - margin_vox, 0)
-    hi = np.minimum(nz.max(0) + 1 + margin_vox, target.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+def _tumor_class(class_to_label: list, task: str) -> int | None:
+    """Network class of the tumour label (liver tasks only: a lung bundle's only class is the tumour)."""
+    return class_to_label.index(2) if 2 in class_to_label and task != "lung_tumor" else None
 
 
 def stage_case(case, stage_name: str, st: dict, cfg: dict) -> StageCase:
-    """One case on a stage's grid (F1's cache: resampled, normalised) as class indices; fine: liver box."""
-    from .cache import load_cached
+    """One case on a stage's grid (F1's cache: resampled, normalised) as class indices.
+
+    A fine stage's cache entry is already cut to the liver box plus ``margin_mm``
+    (``cache.stage_cache_spec``): training sees what inference sees.
+    """
+    from .cache import load_cached, stage_cache_spec
 
     data = cfg["data"]
-    cached = load_cached(case, st, data["cache_dir"], data["task"], data.get("label_mapping"),
-                         hash_files=bool(data.get("cache_hash_files", False)))
+    cached = load_cached(case, stage_cache_spec(stage_name, st), data["cache_dir"], data["task"],
+                         data.get("label_mapping"), hash_files=bool(data.get("cache_hash_files", False)))
     spacing = tuple(float(s) for s in st["spacing"])
     c2l = list(st.get("class_to_label", list(range(int(st["architecture"]["out_channels"])))))
     lut = label_lut(c2l, any_nonzero_is_foreground=(stage_name == "coarse"))
     raw = np.asarray(cached.label)
     image, target = np.asarray(cached.image), lut[raw]
-    if stage_name == "fine":
-        # Train where inference looks: the liver box plus the bundle's margin.
-        margin = float(st.get("margin_mm", 20.0))
-        margin_vox = np.ceil(margin / np.array(spacing[::-1])).astype(int)
-        box = _liver_box(target, margin_vox)
-        image, target, raw = (np.ascontiguousarray(a[box]) for a in (image, target, raw))
-    tumor_class = c2l.index(2) if 2 in c2l and data["task"] != "lung_tumor" else None
-    keep_raw = _aug_backend(cfg, st) == "torch"
-    return StageCase.build(case.case_id, image, target, spacing, tumor_class, seed=int(cfg["train"]["seed"]),
+    keep_raw = str((stage_settings(cfg, stage_name).get("augmentation") or {}).get("backend", "monai")).lower() == "torch"
+    return StageCase.build(case.case_id, image, target, spacing, _tumor_class(c2l, data["task"]),
+                           seed=int(cfg["train"]["seed"]),
                            labels=np.ascontiguousarray(raw, dtype=np.uint8) if keep_raw else None)
-
-
-def _aug_backend(cfg: dict, st: dict) -> str:
-    from .config import deep_merge
-
-    t = deep_merge(cfg["train"], st.get("train") or {})
-    return str((t.get("augmentation") or {}).get("backend", "monai")).lower()
 
 
 def load_stage_cases(cases: list, stage_name: str, st: dict, cfg: dict, desc: str) -> list[StageCase]:
@@ -319,10 +306,10 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
         c2l = list(st.get("class_to_label", list(range(int(arch["out_channels"])))))
         lo, hi = (float(v) for v in st["intensity"]["clip"])
         mean, std = float(st["intensity"].get("mean", 0.0)), float(st["intensity"].get("std", 1.0))
-        tumor_class = c2l.index(2) if 2 in c2l and cfg["data"]["task"] != "lung_tumor" else None
         on_device = build_torch_augmentation(
             aug_cfg, patch, label_lut(c2l, any_nonzero_is_foreground=(stage_name == "coarse")),
-            lesions=t.get("lesions"), spacing=st["spacing"], liver_class=1, tumor_class=tumor_class,
+            lesions=t.get("lesions"), spacing=st["spacing"], liver_class=1,
+            tumor_class=_tumor_class(c2l, cfg["data"]["task"]),
             clip=((lo - mean) / std, (hi - mean) / std))
         ds = PatchDataset(train_cases, on_device.crop, iters * bs, seed, float(t["fg_oversample"]),
                           float(t["tumor_oversample"]), rank=info.rank, raw_labels=True)

@@ -177,12 +177,8 @@ def postprocess(
     if cfg.get("fill_holes", True):
         organ = fill_holes_3d(fill_holes_per_slice(organ))
 
-    min_vox = float(cfg["min_lesion_mm3"]) / float(np.prod(spacing_ijk))
-    if min_vox > 1 and tumor_kept.any():
-        labels = _components(tumor_kept, fully_connected=True)
-        small = np.bincount(labels.ravel()) < min_vox
-        small[0] = False
-        specks = small[labels]
+    specks = _specks(tumor_kept, spacing_ijk, float(cfg["min_lesion_mm3"]))
+    if specks.any():
         tumor_kept &= ~specks
         # Specks inside the liver become liver; detached ones become background.
         organ &= ~(specks & detached)
@@ -193,17 +189,22 @@ def postprocess(
     return out
 
 
+def _specks(mask: np.ndarray, spacing_ijk: Sequence[float], min_mm3: float) -> np.ndarray:
+    """The 26-connected components of ``mask`` smaller than ``min_mm3`` (rule 4)."""
+    min_vox = float(min_mm3) / float(np.prod(spacing_ijk))
+    if min_vox <= 1 or not mask.any():
+        return np.zeros(mask.shape, dtype=bool)
+    labels = _components(mask, fully_connected=True)
+    small = np.bincount(labels.ravel()) < min_vox
+    small[0] = False
+    return small[labels]
+
+
 def remove_specks(label_kji: np.ndarray, spacing_ijk: Sequence[float], min_mm3: float) -> np.ndarray:
     """Zero every 26-connected component (per label value) smaller than ``min_mm3``; the rest is kept."""
     out = np.array(label_kji, dtype=np.uint8, copy=True)
-    min_vox = float(min_mm3) / float(np.prod(spacing_ijk))
-    if min_vox <= 1:
-        return out
     for value in np.unique(out[out > 0]):
-        labels = _components(out == value, fully_connected=True)
-        small = np.bincount(labels.ravel()) < min_vox
-        small[0] = False
-        out[small[labels]] = 0
+        out[_specks(out == value, spacing_ijk, min_mm3)] = 0
     return out
 
 
