@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
         "cache_dir": None,          # default <run_dir>/cache
         "cache_hash_files": False,  # key cache entries on file SHA256 (portable) instead of size+mtime
+        "prepare_jobs": 1,          # processes for phantom generation and stage caching (0 = all cores)
         "cases": [],                # kind=list/pairs: [{"image": ..., "label": ...}]
         "phantom": {"n_train": 8, "n_val": 2, "n_test": 2, "seed": 1000, "shape_kji": None,
                     "spacings": [[0.8, 0.8, 2.0], [0.7, 0.7, 1.5], [1.0, 1.0, 2.5]],

@@ -38,15 +38,31 @@ def phantom_specs(pcfg: dict) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def generate_phantoms(folder: str | Path, pcfg: dict) -> dict[str, list[Case]]:
-    """Write (or reuse) phantom NIfTI pairs under ``folder``; returns cases per split."""
+def _write_phantom(kw: dict[str, Any], img: str, lab: str, man: str, wanted: str) -> None:
+    """Generate one phantom and write its NIfTI pair, then its manifest (last: marks it complete)."""
     from LiverCTSegmentationLib.engine import io
     from LiverCTSegmentationLib.engine.phantom import make_phantom
+
+    ct, label = make_phantom(**kw)
+    io.write_volume(ct, img, overwrite=True)
+    io.write_volume(label, lab, overwrite=True)
+    tmp = Path(man).with_name(f"{Path(man).name}.tmp-{os.getpid()}")
+    tmp.write_text(wanted)
+    os.replace(tmp, man)
+
+
+def generate_phantoms(folder: str | Path, pcfg: dict, jobs: int | None = 1) -> dict[str, list[Case]]:
+    """Write (or reuse) phantom NIfTI pairs under ``folder``; returns cases per split.
+
+    ``jobs`` > 1 generates missing phantoms in a process pool (``data.prepare_jobs``).
+    """
+    from .parallel import run_jobs
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     specs = phantom_specs(pcfg)
     result: dict[str, list[Case]] = {}
+    todo: list[tuple] = []
     for split, kws in specs.items():
         result[split] = []
         for kw in kws:
@@ -54,11 +70,7 @@ def generate_phantoms(folder: str | Path, pcfg: dict) -> dict[str, list[Case]]:
             img, lab, man = (folder / f"{cid}_ct.nii.gz", folder / f"{cid}_label.nii.gz", folder / f"{cid}.json")
             wanted = json.dumps(kw, sort_keys=True, default=list)
             if not (img.exists() and lab.exists() and man.exists() and man.read_text() == wanted):
-                ct, label = make_phantom(**kw)
-                io.write_volume(ct, img, overwrite=True)
-                io.write_volume(label, lab, overwrite=True)
-                tmp = man.with_name(f"{man.name}.tmp-{os.getpid()}")
-                tmp.write_text(wanted)
-                os.replace(tmp, man)
+                todo.append((kw, str(img), str(lab), str(man), wanted))
             result[split].append(Case(cid, cid, str(img), str(lab)))
+    run_jobs(_write_phantom, todo, jobs)
     return result

@@ -39,7 +39,7 @@ def split_cases(cfg: dict, run_dir: Path, write: bool = True) -> dict[str, list]
         from .phantom_data import generate_phantoms
 
         folder = Path(data.get("cache_dir") or run_dir / "cache") / "phantoms"
-        splits = generate_phantoms(folder, data.get("phantom", {}))
+        splits = generate_phantoms(folder, data.get("phantom", {}), data.get("prepare_jobs", 1))
         if write:
             # Same format as F1's split.py so `evaluate --split` works on the held-out phantoms.
             all_cases = sorted((c for v in splits.values() for c in v), key=lambda c: c.case_id)
@@ -84,10 +84,24 @@ def stage_case(case, stage_name: str, st: dict, cfg: dict) -> StageCase:
                            labels=np.ascontiguousarray(raw, dtype=np.uint8) if keep_raw else None)
 
 
+def prebuild_cache(cases: list, stage_name: str, st: dict, cfg: dict) -> None:
+    """Build missing cache entries in a process pool (``data.prepare_jobs`` > 1); entries are atomic."""
+    from .cache import build_entry, stage_cache_spec
+    from .parallel import resolve_jobs, run_jobs
+
+    data = cfg["data"]
+    jobs = data.get("prepare_jobs", 1)
+    if resolve_jobs(jobs) > 1 and len(cases) > 1:
+        spec = stage_cache_spec(stage_name, st)
+        run_jobs(build_entry, [(c, spec, data["cache_dir"], data["task"], data.get("label_mapping"),
+                                bool(data.get("cache_hash_files", False))) for c in cases], jobs)
+
+
 def load_stage_cases(cases: list, stage_name: str, st: dict, cfg: dict, desc: str) -> list[StageCase]:
     from tqdm import tqdm
 
     info = D.env_info()
+    prebuild_cache(cases, stage_name, st, cfg)
     # `with`: an error while caching closes (clears) the bar, so the CLI's one-line message starts a line.
     with tqdm(cases, desc=desc, disable=not info.is_main, leave=False) as bar:
         return [stage_case(c, stage_name, st, cfg) for c in bar]
@@ -317,7 +331,11 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
         ds = PatchDataset(train_cases, patch, iters * bs, seed, float(t["fg_oversample"]),
                           float(t["tumor_oversample"]), rank=info.rank,
                           transform=build_augmentation(aug_cfg, dims))
-    nw = int(t.get("num_workers", 0))
+    # Patches are seeded per index, so the worker count changes speed, never the batches: cap it at
+    # the cores this process may use (a GPU preset's 4-6 workers on a 2-core CI machine only thrash).
+    from .parallel import resolve_jobs
+
+    nw = min(int(t.get("num_workers", 0)), resolve_jobs(0))
     loader_kw = dict(batch_size=bs, shuffle=False, num_workers=nw, worker_init_fn=worker_init_fn,
                      generator=make_generator(seed), drop_last=True, pin_memory=device.type == "cuda")
 
