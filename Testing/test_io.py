@@ -116,6 +116,27 @@ def test_nifti_header_declaring_more_data_than_present(tmp_path: Path) -> None:
         io.read_volume(tmp_path / "lie.nii.gz")
 
 
+def test_gz_header_declaring_impossible_size_is_refused_before_itk_allocates(tmp_path: Path, monkeypatch) -> None:
+    # 30000 x 14 x 17 int16 = 14 MB declared from a ~4 kB .nii.gz: more than deflate can expand to,
+    # so the header lies; the read must stop before ITK (which would allocate the declared size).
+    import SimpleITK as sitk
+
+    data = bytearray(io.write_volume(_vol(), tmp_path / "ok.nii").read_bytes())
+    struct.pack_into("<h", data, 46, 30000)
+    (tmp_path / "huge.nii.gz").write_bytes(gzip.compress(bytes(data)))
+    monkeypatch.setattr(sitk, "ReadImage", lambda *a, **k: pytest.fail("ITK read a file whose header lies"))
+    with pytest.raises(InputError, match="header declares"):
+        io.read_volume(tmp_path / "huge.nii.gz")
+
+
+def test_truncated_gz_stream_checked_beside_the_read_wins_over_itk(tmp_path: Path) -> None:
+    # The full-stream check runs in a thread next to ITK's read; its specific message is the one raised.
+    src = io.write_volume(_vol(), tmp_path / "ok.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(src[: len(src) * 2 // 3])
+    with pytest.raises(InputError, match="corrupted or truncated|header declares"):
+        io.read_volume(tmp_path / "cut.nii.gz")
+
+
 @pytest.mark.parametrize("ext", [".nrrd", ".mha"])
 def test_text_header_declaring_more_data_than_present(tmp_path: Path, ext: str) -> None:
     src = io.write_volume(_vol(), tmp_path / f"ok{ext}")

@@ -12,7 +12,9 @@ import gzip
 import os
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from .volume import Volume
 READ_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 _CHUNK = 16 << 20
+_DEFLATE_MAX_RATIO = 1032  # the largest expansion a deflate stream can encode
 
 
 def _suffix(path: Path, allowed: tuple[str, ...]) -> str | None:
@@ -54,22 +57,37 @@ def read_volume(path: str | os.PathLike) -> Volume:
         raise InputError(f"Cannot read '{p}': permission denied. Check the file's permissions.")
     if p.stat().st_size == 0:
         raise InputError(f"'{p}' is empty (0 bytes). The file was not saved or copied completely.")
+    # Header checks first (cheap; they bound what ITK will allocate). A slow remaining check
+    # (decompressing a .nii.gz to its end to catch truncation) runs in a thread beside ITK's read:
+    # zlib and ITK both release the GIL, so the file is checked at no extra wall time.
+    deferred = _validated(p, lambda: _VALIDATORS[suffix](p))
+
+    import SimpleITK as sitk
+
+    with ThreadPoolExecutor(1) if deferred else nullcontext() as pool:
+        pending = pool.submit(_validated, p, deferred) if pool else None
+        try:
+            img, itk_error = sitk.ReadImage(str(p)), None
+        except RuntimeError as e:
+            img, itk_error = None, e
+        if pending is not None:
+            pending.result()  # its InputError (truncated, corrupted) wins over ITK's message
+    if itk_error is not None:
+        raise InputError(f"Cannot read '{p}' as {suffix} image: {_itk_reason(itk_error)}. "
+                         "The file may be corrupted, truncated or not really a medical image; re-export it."
+                         ) from itk_error
+    vol = Volume.from_sitk(img, source_path=str(p), pixel_type=img.GetPixelIDTypeAsString())
+    return vol
+
+
+def _validated(p: Path, check: Callable[[], Any]) -> Any:
+    """Run a structure check; low-level read errors become one clear InputError."""
     try:
-        _VALIDATORS[suffix](p)
+        return check()
     except InputError:
         raise
     except (OSError, EOFError, zlib.error, ValueError, KeyError, IndexError) as e:
         raise InputError(f"'{p}' is corrupted or truncated ({e}). Re-export or re-copy the file.") from e
-
-    import SimpleITK as sitk
-
-    try:
-        img = sitk.ReadImage(str(p))
-    except RuntimeError as e:
-        raise InputError(f"Cannot read '{p}' as {suffix} image: {_itk_reason(e)}. "
-                         "The file may be corrupted, truncated or not really a medical image; re-export it.") from e
-    vol = Volume.from_sitk(img, source_path=str(p), pixel_type=img.GetPixelIDTypeAsString())
-    return vol
 
 
 def _itk_reason(e: Exception) -> str:
@@ -117,7 +135,8 @@ def _need(p: Path, have: int, need: int) -> None:
         )
 
 
-def _check_nifti(p: Path) -> None:
+def _check_nifti(p: Path) -> Optional[Callable[[], None]]:
+    """Header checks now; for .nii.gz returns the full-stream check to run beside the read."""
     import nibabel as nib
 
     try:
@@ -140,12 +159,18 @@ def _check_nifti(p: Path) -> None:
         )
     shape = hdr.get_data_shape()
     need = int(hdr.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * hdr.get_data_dtype().itemsize
-    if p.name.lower().endswith(".gz"):
+    if not p.name.lower().endswith(".gz"):
+        _need(p, p.stat().st_size, need)
+        return None
+    # deflate expands at most ~1032:1, so a header declaring more than that is a lie or a truncation:
+    # refuse it before ITK allocates the declared size.
+    _need(p, p.stat().st_size * _DEFLATE_MAX_RATIO, need)
+
+    def drain() -> None:
         with open(p, "rb") as fh:
-            have = _drain_gzip(fh)
-    else:
-        have = p.stat().st_size
-    _need(p, have, need)
+            _need(p, _drain_gzip(fh), need)
+
+    return drain
 
 
 _NRRD_BYTES = {"signed char": 1, "int8": 1, "int8_t": 1, "uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1,
@@ -253,7 +278,8 @@ def _check_meta(p: Path) -> None:
     _need(p, have, need)
 
 
-_VALIDATORS: dict[str, Callable[[Path], None]] = {
+# Each checks a file's structure before ITK reads it; one may return a slow check to run beside the read.
+_VALIDATORS: dict[str, Callable[[Path], Optional[Callable[[], None]]]] = {
     ".nii.gz": _check_nifti, ".nii": _check_nifti, ".nrrd": _check_nrrd, ".nhdr": _check_nrrd,
     ".mha": _check_meta, ".mhd": _check_meta,
 }
