@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -63,6 +65,10 @@ def naive_worker(ct: str, model: str, out: str, device: str, threads: int, overl
             return torch.softmax(net(patch[:, :, 0]), 1)[:, :, None]
         return torch.softmax(net(patch), 1)
 
+    if dev.type == "cuda":  # warm-up outside the timing: CUDA context and cuDNN kernel choice, as liverseg warm
+        with torch.inference_mode():
+            predictor(torch.zeros((2, 1, *st.patch_size), device=dev))
+        torch.cuda.synchronize()
     t = time.perf_counter()
     with torch.inference_mode():
         probs = sliding_window_inference(x, roi_size=tuple(st.patch_size), sw_batch_size=2, predictor=predictor,
@@ -84,8 +90,26 @@ def naive_worker(ct: str, model: str, out: str, device: str, threads: int, overl
 
 
 # ----------------------------------------------------------------------- driver
-def run_liverseg(ct: Path, model: Path, out: Path, args) -> tuple[C.Measured, dict]:
-    cmd = [sys.executable, "-m", "LiverCTSegmentationLib.cli", ct, "-o", out, "--model", model,
+def repeat_inputs(ct: Path, n: int) -> list[Path]:
+    """``n`` names for one CT (hard links, copies where links fail): one process, ``n`` cases."""
+    if n <= 1:
+        return [ct]
+    folder = ct.parent / "repeat"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i in range(1, n + 1):
+        p = folder / f"run{i}_{ct.name}"
+        if not p.exists():
+            try:
+                os.link(ct, p)
+            except OSError:
+                shutil.copyfile(ct, p)
+        paths.append(p)
+    return paths
+
+
+def run_liverseg(cts: list[Path], model: Path, out: Path, args) -> tuple[C.Measured, list[dict]]:
+    cmd = [sys.executable, "-m", "LiverCTSegmentationLib.cli", *cts, "-o", out, "--model", model,
            "--device", args.device, "--threads", str(args.threads), "--no-overlay", "--quiet", "--json",
            "--overwrite"]
     if args.fast:
@@ -93,7 +117,7 @@ def run_liverseg(ct: Path, model: Path, out: Path, args) -> tuple[C.Measured, di
     m = C.measure(cmd, args.threads)
     if m.returncode != 0:
         sys.exit(f"liverseg failed (exit {m.returncode}):\n{m.stderr[-3000:]}")
-    return m, C.cli_json(m.stdout)[0]
+    return m, C.cli_json(m.stdout)
 
 
 def run_naive(ct: Path, model: Path, out: Path, args) -> tuple[C.Measured, dict]:
@@ -112,6 +136,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help=f"{C.QUICK_SHAPE[::-1]} voxels instead of 512x512x300")
     ap.add_argument("--fast", action="store_true", help="liverseg --fast (overlap 0.25) for both variants")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="segment the CT this many times in one liverseg process; the first case is reported as "
+                         "cold (CUDA/cuDNN start-up included), the last as warm")
     ap.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
     ap.add_argument("--workdir", default="/tmp/liverct-bench")
     ap.add_argument("--save", action="store_true", help="append the output to bench/RESULTS.md")
@@ -135,15 +162,23 @@ def main(argv=None) -> int:
         lines.append(note)
 
     startup = C.measure([sys.executable, "-c", "import torch, LiverCTSegmentationLib.cli"], args.threads)
-    m_ours, res = run_liverseg(ct, model, work / "out_liverseg", args)
+    m_ours, results = run_liverseg(repeat_inputs(ct, args.repeat), model, work / "out_liverseg", args)
+    res = results[-1]
     d_ours = C.dice_pair(work / "out_liverseg" / res["outputs"]["label"], truth)
-    tm = res.get("timings", {})
-    stage_rows = [[s, float(tm.get(s, 0.0))] for s in STAGES if s in tm]
-    compute = sum(v for _, v in stage_rows)
-    stage_rows.append(["sum of stages", compute])
-    stage_rows.append(["process wall (incl. python/torch start)", m_ours.wall_s])
-    stage_rows.append(["python + torch + package import alone", startup.wall_s])
-    lines += ["", "liverseg stages (s):", "", C.table(stage_rows, ["stage", "seconds"])]
+    runs = [results[0].get("timings", {})] + ([res.get("timings", {})] if len(results) > 1 else [])
+    header = ["stage", "seconds"] if len(runs) == 1 else ["stage", "cold (1st case) s", f"warm (case {len(results)}) s"]
+    stage_rows = [[s] + [float(r.get(s, 0.0)) for r in runs] for s in STAGES if s in runs[-1]]
+    sums = [sum(row[i] for row in stage_rows) for i in range(1, len(runs) + 1)]
+    compute = sums[-1]
+    in_memory = sum(row[-1] for row in stage_rows if row[0] not in ("read", "write"))
+    stage_rows.append(["sum of stages"] + sums)
+    stage_rows.append(["sum without read/write (in-memory, as in Slicer)"]
+                      + [sum(row[i] for row in stage_rows[:-1] if row[0] not in ("read", "write"))
+                         for i in range(1, len(runs) + 1)])
+    pad = [""] * (len(runs) - 1)
+    stage_rows.append([f"process wall (incl. python/torch start, {len(results)} case(s))", m_ours.wall_s] + pad)
+    stage_rows.append(["python + torch + package import alone", startup.wall_s] + pad)
+    lines += ["", "liverseg stages (s):", "", C.table(stage_rows, header)]
 
     rows = [["liverseg", m_ours.wall_s, compute, m_ours.peak_rss_mb, d_ours[0], d_ours[1]]]
     if not args.no_baseline:
@@ -160,11 +195,17 @@ def main(argv=None) -> int:
         mem = m_naive.peak_rss_mb / max(m_ours.peak_rss_mb, 1e-9)
         lines += ["", f"naive / liverseg: compute time x{speed:.1f}, process wall x{m_naive.wall_s / m_ours.wall_s:.1f},"
                       f" peak RSS x{mem:.1f}; Dice liver {d_ours[0]:.3f} vs {d_naive[0]:.3f}"]
-    target_s = TARGET_GPU_S if args.device == "cuda" else TARGET_S
-    verdict = [f"compute {compute:.2f} s <= {target_s:g} s: {'PASS' if compute <= target_s else 'FAIL'}",
-               f"peak RSS {m_ours.peak_rss_mb:.0f} MB <= {TARGET_RSS_MB:.0f} MB: "
-               f"{'PASS' if m_ours.peak_rss_mb <= TARGET_RSS_MB else 'FAIL'}"]
-    if not args.no_baseline:
+    # The issue's targets: on 2 CPU cores time, memory and the speed-up over the naive baseline; on a
+    # GPU only time (CUDA's libraries alone are several hundred MB of RSS, and a GPU runs the naive
+    # whole-volume pass fast too, so those two ratios are printed but not judged there).
+    gpu = args.device == "cuda"
+    target_s = TARGET_GPU_S if gpu else TARGET_S
+    verdict = [f"sum of stages {compute:.2f} s <= {target_s:g} s: {'PASS' if compute <= target_s else 'FAIL'}",
+               f"without read/write {in_memory:.2f} s <= {target_s:g} s: {'PASS' if in_memory <= target_s else 'FAIL'}"]
+    if not gpu:
+        verdict.append(f"peak RSS {m_ours.peak_rss_mb:.0f} MB <= {TARGET_RSS_MB:.0f} MB: "
+                       f"{'PASS' if m_ours.peak_rss_mb <= TARGET_RSS_MB else 'FAIL'}")
+    if not args.no_baseline and not gpu:
         verdict.append(f">= {TARGET_SPEEDUP:g}x faster than naive at >= Dice: "
                        f"{'PASS' if speed >= TARGET_SPEEDUP and d_ours[0] >= d_naive[0] - 1e-3 else 'FAIL'}")
     lines += ["", "targets" + (" (quick size: indicative only)" if args.quick else "") + ": " + "; ".join(verdict)]
