@@ -21,10 +21,12 @@ def resolve_jobs(jobs: int | None) -> int:
 
 
 def run_jobs(fn: Callable[..., Any], arg_tuples: Iterable[tuple], jobs: int | None) -> list[Any]:
-    """``[fn(*args) for args in arg_tuples]``, in a spawn process pool when ``jobs`` > 1.
+    """``[fn(*args) for args in arg_tuples]``, in a process pool when ``jobs`` > 1.
 
-    Spawn, not fork: the parent may already hold CUDA or torch thread pools,
-    which a forked child must not inherit. Results keep the input order; the
+    Fork where the platform has it, as torch's DataLoader workers do: spawn would re-run the
+    caller's main script in every worker, which an unguarded training script (no
+    ``if __name__ == "__main__"``) turns into recursive training. The jobs only use numpy and
+    SimpleITK (whose thread pool is fork-safe), never CUDA. Results keep the input order; the
     first exception is re-raised here.
     """
     args = list(arg_tuples)
@@ -33,5 +35,6 @@ def run_jobs(fn: Callable[..., Any], arg_tuples: Iterable[tuple], jobs: int | No
         return [fn(*a) for a in args]
     import multiprocessing as mp
 
-    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn")) as pool:
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
         return list(pool.map(fn, *zip(*args)))
