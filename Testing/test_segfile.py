@@ -103,3 +103,22 @@ def test_io_facade_writes_seg(tmp_path: Path) -> None:
     with open(out, "rb") as fh:
         assert fh.read(4) == b"NRRD"
     assert read_seg_nrrd(out)[1][0]["name"] == "Liver"
+
+
+def test_segment_extents_match_brute_force_on_random_blobs(tmp_path: Path) -> None:
+    # Extents are searched inside the labelled voxels' bounding box only; they must equal a full search.
+    rng = np.random.default_rng(3)
+    for trial in range(5):
+        arr = np.zeros((23, 31, 37), np.uint8)
+        for value in (1, 2):
+            for _ in range(int(rng.integers(0, 3))):
+                k, j, i = (int(rng.integers(0, n)) for n in arr.shape)
+                arr[k:k + int(rng.integers(1, 6)), j:j + int(rng.integers(1, 6)), i:i + int(rng.integers(1, 6))] = value
+        vol = Volume(arr, (0.8, 0.9, 2.5), (1.0, -2.0, 3.0), np.eye(3))
+        out = write_seg_nrrd(vol, LABELS, tmp_path / f"t{trial}.seg.nrrd")
+        _, segs = read_seg_nrrd(out)
+        for seg in segs:
+            kk, jj, ii = np.nonzero(arr == seg["value"])
+            want = [0, -1, 0, -1, 0, -1] if kk.size == 0 else \
+                [int(ii.min()), int(ii.max()), int(jj.min()), int(jj.max()), int(kk.min()), int(kk.max())]
+            assert seg["extent"] == want, (trial, seg["name"])

@@ -53,13 +53,32 @@ def terminology_string(term: dict[str, Any] | None) -> str:
                      code("region"), code("region_modifier")])
 
 
-def _extent(mask_any_k: np.ndarray, mask_any_j: np.ndarray, mask_any_i: np.ndarray) -> list[int]:
+def _nonzero_box(arr: np.ndarray) -> tuple[slice, ...] | None:
+    """Slices (k, j, i) of the bounding box of all labelled voxels, or None for an empty labelmap.
+
+    One pass over the whole volume; per-segment extents are then found inside this box only
+    (a liver fills a small part of an abdominal CT, so this is most of the saving).
+    """
+    k = np.flatnonzero(arr.any(axis=(1, 2)))
+    if k.size == 0:
+        return None
+    sub = arr[k[0]:k[-1] + 1]
+    j = np.flatnonzero(sub.any(axis=(0, 2)))
+    i = np.flatnonzero(sub.any(axis=(0, 1)))
+    return slice(k[0], k[-1] + 1), slice(j[0], j[-1] + 1), slice(i[0], i[-1] + 1)
+
+
+def _extent(arr: np.ndarray, box: tuple[slice, ...] | None, value: int) -> list[int]:
+    """Slicer's segment extent [i_min, i_max, j_min, j_max, k_min, k_max]; empty -> [0, -1] per axis."""
+    if box is None:
+        return [0, -1, 0, -1, 0, -1]
+    m = arr[box] == value
     out: list[int] = []
-    for axis in (mask_any_i, mask_any_j, mask_any_k):
-        idx = np.flatnonzero(axis)
+    for axes, sl in (((0, 1), box[2]), ((0, 2), box[1]), ((1, 2), box[0])):  # i, j, k
+        idx = np.flatnonzero(m.any(axis=axes))
         if idx.size == 0:
             return [0, -1, 0, -1, 0, -1]
-        out += [int(idx[0]), int(idx[-1])]
+        out += [int(sl.start + idx[0]), int(sl.start + idx[-1])]
     return out
 
 
@@ -77,10 +96,10 @@ def write_seg_nrrd(labelmap: Volume, labels: list[dict], path: str | os.PathLike
     if arr.dtype not in (np.uint8, np.uint16, np.int16, np.int32, np.uint32):
         arr = arr.astype(np.uint16 if arr.max(initial=0) > 255 else np.uint8)
     segments = []
+    box = _nonzero_box(arr)
     for n, lab in enumerate(labels):
         value = int(lab["value"])
-        m = arr == value
-        extent = _extent(m.any(axis=(1, 2)), m.any(axis=(0, 2)), m.any(axis=(0, 1)))
+        extent = _extent(arr, box, value)
         color = [round(float(c) / 255.0, 6) for c in lab.get("color", (128, 128, 128))]
         segments.append({
             "id": f"Segment_{value}", "name": str(lab.get("name", f"Label {value}")), "color": color,
