@@ -61,6 +61,12 @@ def read_volume(path: str | os.PathLike) -> Volume:
     # (decompressing a .nii.gz to its end to catch truncation) runs in a thread beside ITK's read:
     # zlib and ITK both release the GIL, so the file is checked at no extra wall time.
     deferred = _validated(p, lambda: _VALIDATORS[suffix](p))
+    if suffix == ".nii.gz":
+        from .nifti_gz import read_nii_gz
+
+        vol = _validated(p, lambda: read_nii_gz(p))  # one inflate, stream checked; None: ITK reads it
+        if vol is not None:
+            return vol
 
     import SimpleITK as sitk
 

@@ -1,0 +1,118 @@
+"""The .nii.gz fast path (engine.nifti_gz): identical voxels, geometry and pixel type to ITK's own
+reader, ITK for everything unusual, and the same specific errors for damaged files."""
+from __future__ import annotations
+
+import builtins
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy.spatial.transform import Rotation
+
+from LiverCTSegmentationLib.engine import io
+from LiverCTSegmentationLib.engine.errors import InputError
+from LiverCTSegmentationLib.engine.nifti_gz import read_nii_gz
+from LiverCTSegmentationLib.engine.volume import Volume
+
+OBLIQUE = Rotation.from_euler("xyz", [12, -25, 33], degrees=True).as_matrix()
+
+
+def _same_as_itk(path: Path, vol: Volume) -> None:
+    img = sitk.ReadImage(str(path))
+    ref = sitk.GetArrayFromImage(img)
+    assert vol.array.dtype == ref.dtype and vol.array.shape == ref.shape
+    np.testing.assert_array_equal(vol.array, ref)
+    assert tuple(vol.spacing) == img.GetSpacing() and tuple(vol.origin) == img.GetOrigin()
+    np.testing.assert_array_equal(np.asarray(vol.direction), np.reshape(img.GetDirection(), (3, 3)))
+    assert vol.metadata["pixel_type"] == img.GetPixelIDTypeAsString()
+    assert vol.array.flags.writeable
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.uint16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("direction", ["lps", "ras_like", "oblique"])
+def test_fast_path_equals_itk_for_itk_written_files(tmp_path: Path, dtype, direction) -> None:
+    rng = np.random.default_rng(1)
+    arr = (rng.normal(0, 300, size=(7, 11, 13)) if np.dtype(dtype).kind == "f"
+           else rng.integers(0, 200, size=(7, 11, 13))).astype(dtype)
+    d = {"lps": np.eye(3), "ras_like": np.diag([-1.0, -1.0, 1.0]), "oblique": OBLIQUE}[direction]
+    path = io.write_volume(Volume(arr, (0.71, 0.83, 2.5), (-101.5, 22.25, -300.0), d), tmp_path / "v.nii.gz")
+    fast = read_nii_gz(path)
+    assert fast is not None, "a plain 3D scalar .nii.gz must take the fast path"
+    _same_as_itk(path, fast)
+    _same_as_itk(path, io.read_volume(path))
+
+
+def test_geometry_comes_from_itk_when_qform_and_sform_disagree(tmp_path: Path) -> None:
+    # nibabel-written file whose sform and qform differ: whichever ITK picks, the fast path matches it.
+    arr = np.arange(5 * 6 * 7, dtype=np.int16).reshape(7, 6, 5).T  # nibabel's (i, j, k) order
+    sform = np.array([[-0.8, 0, 0, 90.0], [0, -0.9, 0, 120.0], [0, 0, 3.0, -50.0], [0, 0, 0, 1]])
+    qform = sform.copy()
+    qform[:3, 3] += [5.0, -7.0, 2.0]
+    img = nib.Nifti1Image(arr, sform)
+    img.set_sform(sform, code=2)
+    img.set_qform(qform, code=1)
+    path = tmp_path / "nib.nii.gz"
+    nib.save(img, str(path))
+    fast = read_nii_gz(path)
+    assert fast is not None
+    _same_as_itk(path, fast)
+
+
+def test_scaled_and_big_endian_files_are_left_to_itk(tmp_path: Path) -> None:
+    arr = np.arange(4 * 5 * 6, dtype=np.int16).reshape(6, 5, 4).T
+    scaled = nib.Nifti1Image(arr, np.diag([0.7, 0.7, 2.0, 1.0]))
+    scaled.header.set_slope_inter(2.0, -1024.0)
+    nib.save(scaled, str(tmp_path / "scaled.nii.gz"))
+    big = nib.Nifti1Image(arr, np.diag([0.7, 0.7, 2.0, 1.0]), header=nib.Nifti1Header(endianness=">"))
+    nib.save(big, str(tmp_path / "big.nii.gz"))
+    assert nib.load(str(tmp_path / "big.nii.gz")).header.endianness == ">"
+    for name in ("scaled", "big"):
+        path = tmp_path / f"{name}.nii.gz"
+        assert read_nii_gz(path) is None, name
+        _same_as_itk(path, io.read_volume(path))
+    assert io.read_volume(tmp_path / "scaled.nii.gz").array.dtype.kind == "f"  # ITK applied the scaling
+
+
+@pytest.fixture(params=["isal", "zlib"])
+def inflater(request, monkeypatch):
+    """Run a test with ISA-L (when installed) and with plain zlib (ISA-L import blocked)."""
+    if request.param == "isal":
+        pytest.importorskip("isal")
+    else:
+        real_import = builtins.__import__
+
+        def no_isal(name, *a, **k):
+            if name == "isal" or name.startswith("isal."):
+                raise ImportError("blocked for the test")
+            return real_import(name, *a, **k)
+
+        monkeypatch.setattr(builtins, "__import__", no_isal)
+    return request.param
+
+
+def test_both_inflaters_read_the_same_and_reject_damage_specifically(tmp_path: Path, inflater) -> None:
+    rng = np.random.default_rng(5)
+    vol = Volume(rng.integers(-1000, 1000, size=(9, 20, 24)).astype(np.int16), (0.7, 0.7, 3.0), (0, 0, 0), np.eye(3))
+    path = io.write_volume(vol, tmp_path / "ok.nii.gz")
+    _same_as_itk(path, io.read_volume(path))
+    raw = path.read_bytes()
+    bad_block = bytearray(raw)
+    bad_block[12:20] = b"\xff" * 8  # inside the first deflate block header: an invalid block
+    bad_crc = raw[:-8] + b"\0\0\0\0" + raw[-4:]
+    for name, data in [("cut", raw[: len(raw) // 2]), ("block", bytes(bad_block)), ("crc", bad_crc)]:
+        p = tmp_path / f"{name}.nii.gz"
+        p.write_bytes(data)
+        with pytest.raises(InputError, match="corrupted or truncated|header declares|not a valid NIfTI"):
+            io.read_volume(p)
+
+
+def test_gzip_trailer_intact_but_data_short_is_a_header_lie(tmp_path: Path) -> None:
+    # A complete, valid gzip stream holding fewer bytes than the header declares.
+    path = io.write_volume(Volume(np.zeros((4, 5, 6), np.int16), (1, 1, 1), (0, 0, 0), np.eye(3)), tmp_path / "a.nii.gz")
+    data = gzip.decompress(path.read_bytes())
+    (tmp_path / "short.nii.gz").write_bytes(gzip.compress(data[:-20]))
+    with pytest.raises(InputError, match="header declares"):
+        io.read_volume(tmp_path / "short.nii.gz")
