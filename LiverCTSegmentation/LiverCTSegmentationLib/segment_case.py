@@ -3,6 +3,7 @@ segmentation, lesion CSV, overlay and statistics JSON (each atomically)."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -84,11 +85,15 @@ def segment_case(case: Case, case_dir: Path, paths: dict[str, Path], outdir: Pat
     t = time.perf_counter()
     prog.stage("write", 0.85, 0.92)
     labels = list(getattr(bundle, "labels", []) or [])
-    io.write_volume(res.labelmap, paths["label"], overwrite=True)
-    if "seg" in paths:
-        from .engine import segfile
+    # The two compressed files are independent and their compressors release the GIL: write both at once.
+    with ThreadPoolExecutor(2) as pool:
+        jobs = [pool.submit(io.write_volume, res.labelmap, paths["label"], True)]
+        if "seg" in paths:
+            from .engine import segfile
 
-        segfile.write_seg_nrrd(res.labelmap, labels, paths["seg"], overwrite=True)
+            jobs.append(pool.submit(segfile.write_seg_nrrd, res.labelmap, labels, paths["seg"], True))
+        for job in jobs:
+            job.result()  # re-raises the first failure (OutputError) here
     stats = _stats_dict(res.statistics)
     lesions = _lesion_rows(res.statistics)
     write_csv_atomic(paths["lesions"], lesions, LESION_COLUMNS)

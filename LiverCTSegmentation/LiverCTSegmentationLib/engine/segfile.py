@@ -82,8 +82,13 @@ def _extent(arr: np.ndarray, box: tuple[slice, ...] | None, value: int) -> list[
     return out
 
 
-def write_seg_nrrd(labelmap: Volume, labels: list[dict], path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write a Slicer .seg.nrrd (one layer) with a segment per entry of ``labels``; atomic."""
+def write_seg_nrrd(labelmap: Volume, labels: list[dict], path: str | os.PathLike, overwrite: bool = False,
+                   compression_level: int = 1) -> Path:
+    """Write a Slicer .seg.nrrd (one layer) with a segment per entry of ``labels``; atomic.
+
+    gzip level 1: a labelmap is mostly zeros, so level 6 only shrinks a 512x512x300 file from
+    0.5 to 0.2 MB and takes twice as long (0.16 vs 0.07 s).
+    """
     import slicerio
 
     from .io import atomic_write
@@ -117,8 +122,10 @@ def write_seg_nrrd(labelmap: Volume, labels: list[dict], path: str | os.PathLike
         "Segmentation_ConversionParameters": CONVERSION_PARAMETERS,
         "referenceImageExtentOffset": [0, 0, 0],
     }
-    return atomic_write(path, lambda tmp: slicerio.write_segmentation(str(tmp), seg, compression_level=6,
-                                                                       index_order="C"), overwrite=overwrite)
+    def write(tmp: Path) -> None:
+        slicerio.write_segmentation(str(tmp), seg, compression_level=compression_level, index_order="C")
+
+    return atomic_write(path, write, overwrite=overwrite)
 
 
 def read_seg_nrrd(path: str | os.PathLike) -> tuple[Volume, list[dict]]:
