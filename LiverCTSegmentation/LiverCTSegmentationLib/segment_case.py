@@ -85,15 +85,17 @@ def segment_case(case: Case, case_dir: Path, paths: dict[str, Path], outdir: Pat
     t = time.perf_counter()
     prog.stage("write", 0.85, 0.92)
     labels = list(getattr(bundle, "labels", []) or [])
-    # The two compressed files are independent and their compressors release the GIL: write both at once.
-    with ThreadPoolExecutor(2) as pool:
-        jobs = [pool.submit(io.write_volume, res.labelmap, paths["label"], True)]
+    # The two compressed files are independent: the .seg.nrrd (pynrrd + zlib, which releases the GIL)
+    # is written by a helper thread while ITK writes the labelmap here, on the calling thread.
+    with ThreadPoolExecutor(1) as pool:
+        seg_job = None
         if "seg" in paths:
             from .engine import segfile
 
-            jobs.append(pool.submit(segfile.write_seg_nrrd, res.labelmap, labels, paths["seg"], True))
-        for job in jobs:
-            job.result()  # re-raises the first failure (OutputError) here
+            seg_job = pool.submit(segfile.write_seg_nrrd, res.labelmap, labels, paths["seg"], True)
+        io.write_volume(res.labelmap, paths["label"], overwrite=True)
+        if seg_job is not None:
+            seg_job.result()  # re-raises its OutputError here
     stats = _stats_dict(res.statistics)
     lesions = _lesion_rows(res.statistics)
     write_csv_atomic(paths["lesions"], lesions, LESION_COLUMNS)
