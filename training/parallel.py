@@ -7,17 +7,16 @@ entry. ``jobs``: 1 = in this process (the default, and what tests use),
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterable
 
 
 def resolve_jobs(jobs: int | None) -> int:
     """``data.prepare_jobs`` -> a worker count >= 1 (None -> 1; 0 or negative -> all available cores)."""
-    n = int(jobs or 1) if jobs != 0 else 0
-    if n <= 0:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, n)
+    from LiverCTSegmentationLib.engine.device import usable_cores
+
+    n = 1 if jobs is None else int(jobs)
+    return n if n >= 1 else usable_cores()
 
 
 def run_jobs(fn: Callable[..., Any], arg_tuples: Iterable[tuple], jobs: int | None) -> list[Any]:

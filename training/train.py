@@ -271,6 +271,7 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
     import torch
     from tqdm import tqdm
 
+    from LiverCTSegmentationLib.engine.device import usable_cores
     from LiverCTSegmentationLib.engine.networks import build_network, required_divisor, spatial_dims
 
     from .augment import build_augmentation
@@ -333,9 +334,7 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
                           transform=build_augmentation(aug_cfg, dims))
     # Patches are seeded per index, so the worker count changes speed, never the batches: cap it at
     # the cores this process may use (a GPU preset's 4-6 workers on a 2-core CI machine only thrash).
-    from .parallel import resolve_jobs
-
-    nw = min(int(t.get("num_workers", 0)), resolve_jobs(0))
+    nw = min(int(t.get("num_workers", 0)), usable_cores())
     loader_kw = dict(batch_size=bs, shuffle=False, num_workers=nw, worker_init_fn=worker_init_fn,
                      generator=make_generator(seed), drop_last=True, pin_memory=device.type == "cuda")
 
@@ -426,7 +425,7 @@ def train(cfg: dict, resume: bool = False) -> dict:
     """Train every configured stage; returns {stage: summary}. Works under torchrun."""
     import torch
 
-    from LiverCTSegmentationLib.engine.device import choose_device, setup_threads
+    from LiverCTSegmentationLib.engine.device import choose_device, setup_threads, usable_cores
 
     from .tracking import Tracker
 
@@ -437,8 +436,7 @@ def train(cfg: dict, resume: bool = False) -> dict:
         device = torch.device("cuda", info.local_rank)
     info = D.init_distributed(device.type)
     if device.type == "cpu":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        setup_threads(t.get("threads") or max(1, cores // info.world_size))
+        setup_threads(t.get("threads") or max(1, usable_cores() // info.world_size))
     run_dir = Path(cfg["output"]["run_dir"]).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     if not cfg["data"].get("cache_dir"):

@@ -77,15 +77,20 @@ def use_bf16(device) -> bool:
     return False
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS/Windows
+        return os.cpu_count() or 1
+
+
 def setup_threads(threads: Optional[int] = None) -> int:
     """Set torch's intra-op threads (default: all usable cores); returns the number used."""
     import torch
 
     if threads is None or threads <= 0:
-        try:
-            threads = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - macOS/Windows
-            threads = os.cpu_count() or 1
+        threads = usable_cores()
     threads = max(1, int(threads))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
