@@ -116,6 +116,17 @@ def test_nifti_header_declaring_more_data_than_present(tmp_path: Path) -> None:
         io.read_volume(tmp_path / "lie.nii.gz")
 
 
+def test_nifti_missing_fewer_bytes_than_its_header_size_is_still_truncated(tmp_path: Path) -> None:
+    # The voxel data start at vox_offset (352): a file short by 100 bytes must count those 352.
+    data = io.write_volume(_vol(), tmp_path / "ok.nii").read_bytes()
+    (tmp_path / "short.nii").write_bytes(data[:-100])
+    with pytest.raises(InputError, match="header declares"):
+        io.read_volume(tmp_path / "short.nii")
+    (tmp_path / "short.nii.gz").write_bytes(gzip.compress(data[:-100]))
+    with pytest.raises(InputError, match="header declares"):
+        io.read_volume(tmp_path / "short.nii.gz")
+
+
 def test_gz_header_declaring_impossible_size_is_refused_before_itk_allocates(tmp_path: Path, monkeypatch) -> None:
     # 30000 x 14 x 17 int16 = 14 MB declared from a ~4 kB .nii.gz: more than deflate can expand to,
     # so the header lies; the read must stop before ITK (which would allocate the declared size).

@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -61,10 +62,11 @@ def read_volume(path: str | os.PathLike) -> Volume:
     # (decompressing a .nii.gz to its end to catch truncation) runs in a thread beside ITK's read:
     # zlib and ITK both release the GIL, so the file is checked at no extra wall time.
     deferred = _validated(p, lambda: _VALIDATORS[suffix](p))
-    if suffix == ".nii.gz":
+    if isinstance(deferred, _GzNifti):
         from .nifti_gz import read_nii_gz
 
-        vol = _validated(p, lambda: read_nii_gz(p))  # one inflate, stream checked; None: ITK reads it
+        gz = deferred
+        vol = _validated(p, lambda: read_nii_gz(p, gz.header, gz.need))  # one inflate; None: ITK reads it
         if vol is not None:
             return vol
 
@@ -163,20 +165,32 @@ def _check_nifti(p: Path) -> Optional[Callable[[], None]]:
             f"'{p}' declares invalid voxel spacing {tuple(float(v) for v in pixdim)} mm in its NIfTI header "
             "(pixdim must be positive numbers). Fix the header or re-export the image from the scanner or PACS."
         )
-    shape = hdr.get_data_shape()
-    need = int(hdr.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * hdr.get_data_dtype().itemsize
+    # The raw header's offset: the one nibabel's load() returns is reset to 0 for writing.
+    need = int(raw.get_data_offset()) + int(np.prod(raw.get_data_shape(), dtype=np.int64)) * raw.get_data_dtype().itemsize
     if not p.name.lower().endswith(".gz"):
         _need(p, p.stat().st_size, need)
         return None
     # deflate expands at most ~1032:1, so a header declaring more than that is a lie or a truncation:
     # refuse it before ITK allocates the declared size.
     _need(p, p.stat().st_size * _DEFLATE_MAX_RATIO, need)
+    return _GzNifti(p, raw, need)
 
-    def drain() -> None:
-        with open(p, "rb") as fh:
-            _need(p, _drain_gzip(fh), need)
 
-    return drain
+@dataclass(frozen=True)
+class _GzNifti:
+    """A .nii.gz that passed the header checks: its raw header and the bytes it must hold.
+
+    Called, it is the full-stream check that runs beside ITK's read; the fast path
+    (``nifti_gz.read_nii_gz``) takes the header instead and checks the stream as it inflates it.
+    """
+
+    path: Path
+    header: Any
+    need: int
+
+    def __call__(self) -> None:
+        with open(self.path, "rb") as fh:
+            _need(self.path, _drain_gzip(fh), self.need)
 
 
 _NRRD_BYTES = {"signed char": 1, "int8": 1, "int8_t": 1, "uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1,
