@@ -87,7 +87,7 @@ def write_seg_nrrd(labelmap: Volume, labels: list[dict], path: str | os.PathLike
     """Write a Slicer .seg.nrrd (one layer) with a segment per entry of ``labels``; atomic.
 
     gzip level 1: a labelmap is mostly zeros, so level 6 only shrinks a 512x512x300 file from
-    0.5 to 0.2 MB and takes twice as long (0.16 vs 0.07 s).
+    0.52 to 0.17 MB and takes about twice as long (0.21 vs 0.11 s, ``bench/bench_io.py``).
     """
     import slicerio
 

@@ -1,0 +1,139 @@
+"""File I/O of one case, same process, same file: the .nii.gz read paths and the .seg.nrrd write levels.
+
+Read (512x512x300 int16 phantom CT, 80 MB .nii.gz), median of --repeat runs each:
+
+- ITK alone: ``sitk.ReadImage`` (no stream check: what ITK would give by itself);
+- read_volume, ITK path: what it does without ``isal`` (ITK read + full-stream check in a thread);
+- the fast path inflating with Python's zlib instead of ISA-L (why the fast path needs ISA-L);
+- read_volume, fast path with ISA-L (the default when ``isal`` is installed).
+
+Write: the labelmap of that CT as .seg.nrrd at gzip level 6 (slicerio's usual) and 1 (ours).
+Every read is compared voxel for voxel with ITK's, so a faster path that reads wrong fails here.
+
+    OMP_NUM_THREADS=2 python bench/bench_io.py --save
+"""
+from __future__ import annotations
+
+import argparse
+import builtins
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+
+@contextmanager
+def _no_isal():
+    real = builtins.__import__
+
+    def blocked(name, *a, **k):
+        if name == "isal" or name.startswith("isal."):
+            raise ImportError("blocked by bench_io")
+        return real(name, *a, **k)
+
+    builtins.__import__ = blocked
+    try:
+        yield
+    finally:
+        builtins.__import__ = real
+
+
+@contextmanager
+def _zlib_fast_path():
+    """The fast path with Python's gzip/zlib inflating in place of ISA-L."""
+    import gzip
+
+    from LiverCTSegmentationLib.engine import nifti_gz
+
+    real = nifti_gz.gunzip
+    nifti_gz.gunzip = gzip.decompress
+    try:
+        yield
+    finally:
+        nifti_gz.gunzip = real
+
+
+def _median_s(fn, repeat: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help=f"{C.QUICK_SHAPE[::-1]} voxels instead of 512x512x300")
+    ap.add_argument("--workdir", default="/tmp/liverct-bench")
+    ap.add_argument("--save", action="store_true", help="append the output to bench/RESULTS.md")
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from LiverCTSegmentationLib.engine import io, segfile
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    shape, spacing = (C.QUICK_SHAPE, C.QUICK_SPACING) if args.quick else (C.FULL_SHAPE, C.FULL_SPACING)
+    ct, truth = C.write_phantom(work, shape, spacing)
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(ct)))
+    io.read_volume(ct)  # imports and page cache warm for every variant alike
+
+    try:
+        import isal  # noqa: F401
+        has_isal = True
+    except ImportError:
+        has_isal = False
+
+    variants = [("ITK alone (sitk.ReadImage, no stream check)", lambda: sitk.ReadImage(str(ct)), None)]
+    variants.append(("read_volume without isal: ITK + stream check in a thread", lambda: io.read_volume(ct), _no_isal))
+    if has_isal:
+        variants.append(("fast path inflating with zlib (not used)", lambda: io.read_volume(ct), _zlib_fast_path))
+        variants.append(("read_volume, fast path, ISA-L (default)", lambda: io.read_volume(ct), None))
+    rows, base = [], None
+    for name, fn, ctx in variants:
+        if ctx is None:
+            sec, out = _median_s(fn, args.repeat)
+        else:
+            with ctx():
+                sec, out = _median_s(fn, args.repeat)
+        arr = sitk.GetArrayViewFromImage(out) if isinstance(out, sitk.Image) else out.array
+        if not np.array_equal(arr, ref):
+            sys.exit(f"{name}: voxels differ from ITK's")
+        base = sec if base is None else base
+        rows.append([name, sec, f"x{base / sec:.2f}"])
+
+    label = io.read_volume(truth)
+    labels = [{"value": 1, "name": "Liver"}, {"value": 2, "name": "Liver tumor"}]
+    wrows = []
+    for level in (6, 1):
+        out = work / f"bench_io_level{level}.seg.nrrd"
+        sec, _ = _median_s(lambda: segfile.write_seg_nrrd(label, labels, out, overwrite=True,
+                                                          compression_level=level), args.repeat)
+        wrows.append([f"write .seg.nrrd, gzip level {level}", sec, f"{out.stat().st_size / 1e6:.2f}"])
+
+    lines = [f"## File I/O: {'x'.join(map(str, shape[::-1]))} voxels{' (QUICK)' if args.quick else ''}", "",
+             "command: `" + " ".join(["python bench/bench_io.py"] + (argv or sys.argv[1:])) + "`",
+             f"machine: {C.machine_line(1)}", f"CT file: {ct.stat().st_size / 1e6:.1f} MB; median of "
+             f"{args.repeat} runs; every read equals ITK's voxel for voxel", "",
+             C.table(rows, ["read", "seconds", "speed vs ITK alone"]), "",
+             C.table(wrows, ["write", "seconds", "MB"])]
+    if not has_isal:
+        lines += ["", "isal is not installed: the two fast-path rows are missing."]
+    text = "\n".join(lines)
+    print(text)
+    if args.save:
+        with open(Path(__file__).parent / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write(f"\n\n<!-- {time.strftime('%Y-%m-%d %H:%M')} -->\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
