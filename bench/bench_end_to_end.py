@@ -168,13 +168,12 @@ def main(argv=None) -> int:
     runs = [results[0].get("timings", {})] + ([res.get("timings", {})] if len(results) > 1 else [])
     header = ["stage", "seconds"] if len(runs) == 1 else ["stage", "cold (1st case) s", f"warm (case {len(results)}) s"]
     stage_rows = [[s] + [float(r.get(s, 0.0)) for r in runs] for s in STAGES if s in runs[-1]]
-    sums = [sum(row[i] for row in stage_rows) for i in range(1, len(runs) + 1)]
-    compute = sums[-1]
-    in_memory = sum(row[-1] for row in stage_rows if row[0] not in ("read", "write"))
+    cols = range(1, len(runs) + 1)
+    sums = [sum(row[i] for row in stage_rows) for i in cols]
+    sums_in_memory = [sum(row[i] for row in stage_rows if row[0] not in ("read", "write")) for i in cols]
+    compute, in_memory = sums[-1], sums_in_memory[-1]
     stage_rows.append(["sum of stages"] + sums)
-    stage_rows.append(["sum without read/write (in-memory, as in Slicer)"]
-                      + [sum(row[i] for row in stage_rows[:-1] if row[0] not in ("read", "write"))
-                         for i in range(1, len(runs) + 1)])
+    stage_rows.append(["sum without read/write (in-memory, as in Slicer)"] + sums_in_memory)
     pad = [""] * (len(runs) - 1)
     stage_rows.append([f"process wall (incl. python/torch start, {len(results)} case(s))", m_ours.wall_s] + pad)
     stage_rows.append(["python + torch + package import alone", startup.wall_s] + pad)
