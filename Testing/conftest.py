@@ -43,6 +43,17 @@ def real_data_dir() -> Path:
     return REAL_DATA_DIR
 
 
+
+@pytest.fixture
+def scene():
+    """A fresh real MRML scene (slicer-core) with the module logics registered on ``slicer``."""
+    import slicer_fakes
+
+    sc = slicer_fakes.setup_core_scene()
+    yield sc
+    sc.Clear(True)
+
+
 # slicer-core's teardown can crash the interpreter after the last test: at exit, VTK's Python layer
 # deletes a vtkMRMLColorLogic whose destructor fires scene events into a displayable manager of an
 # already-deleted view (gdb: vtkMRMLLinearTransformsDisplayableManager::UpdateFromMRML from

@@ -40,13 +40,6 @@ def qt_app(monkeypatch):
     return app
 
 
-@pytest.fixture
-def scene():
-    sc = slicer_fakes.setup_core_scene()
-    yield sc
-    sc.Clear(True)
-
-
 @pytest.fixture(scope="module")
 def box_bundle(tmp_path_factory):
     from bundle_fixtures import make_box_bundle

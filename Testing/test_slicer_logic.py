@@ -75,13 +75,6 @@ def ct_file(tmp_path_factory) -> Path:
     return p
 
 
-@pytest.fixture
-def scene():
-    sc = slicer_fakes.setup_core_scene()
-    yield sc
-    sc.Clear(True)
-
-
 def load_volume(scene, path: Path):
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", Path(path).stem)
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
