@@ -50,10 +50,13 @@ def test_round_trip(tmp_path: Path, direction) -> None:
     # extent is i_min i_max j_min j_max k_min k_max of each segment
     assert segs[0]["extent"] == [4, 14, 3, 11, 2, 8] and segs[1]["extent"] == [6, 8, 5, 6, 4, 5]
     assert [p.name for p in tmp_path.iterdir()] == ["result.seg.nrrd"]
-    # The labelmap is also a plain NRRD image for ITK.
+    # The file holds only the labelled box (Slicer's "crop to minimum extent"); as a plain NRRD
+    # image for ITK it is that box, placed where it lies in patient space.
     plain = io.read_volume(out)
-    np.testing.assert_array_equal(plain.array, lab.array)
-    assert plain.same_grid(lab, atol=1e-6)
+    np.testing.assert_array_equal(plain.array, lab.array[2:9, 3:12, 4:15])
+    box = Volume(lab.array[2:9, 3:12, 4:15], lab.spacing, tuple(lab.physical_points(np.array([[4.0, 3.0, 2.0]]))[0]),
+                 lab.direction)
+    assert plain.same_grid(box, atol=1e-6)
 
 
 def test_header_has_slicer_keys(tmp_path: Path) -> None:
@@ -62,7 +65,16 @@ def test_header_has_slicer_keys(tmp_path: Path) -> None:
     assert hdr["space"] == "left-posterior-superior"
     assert hdr["Segmentation_ContainedRepresentationNames"].startswith("Binary labelmap")
     assert hdr["Segmentation_MasterRepresentation"] == "Binary labelmap"
-    assert hdr["Segmentation_ReferenceImageExtentOffset"] == "0 0 0"
+    assert hdr["Segmentation_ReferenceImageExtentOffset"] == "4 3 2"  # i j k of the stored box
+    assert tuple(hdr["sizes"]) == (11, 9, 7)
+    # segment extents in the file are relative to the stored box, as Slicer writes them
+    assert hdr["Segment0_Extent"] == "0 10 0 8 0 6" and hdr["Segment1_Extent"] == "2 4 2 3 2 3"
+    geometry = [p for p in hdr["Segmentation_ConversionParameters"].split("&")
+                if p.startswith("Reference image geometry|")]
+    assert len(geometry) == 1
+    nums = [float(x) for x in geometry[0].split("|")[1].split(";") if x]
+    np.testing.assert_allclose(np.reshape(nums[:16], (4, 4)), _labelmap().ijk_to_ras(), atol=1e-12)
+    assert nums[16:] == [0, 17, 0, 14, 0, 11]
     for n in (0, 1):
         for key in ("ID", "Name", "Color", "LabelValue", "Layer", "Extent", "Tags"):
             assert f"Segment{n}_{key}" in hdr
@@ -122,3 +134,41 @@ def test_segment_extents_match_brute_force_on_random_blobs(tmp_path: Path) -> No
             want = [0, -1, 0, -1, 0, -1] if kk.size == 0 else \
                 [int(ii.min()), int(ii.max()), int(jj.min()), int(jj.max()), int(kk.min()), int(kk.max())]
             assert seg["extent"] == want, (trial, seg["name"])
+
+
+def test_uncropped_write_and_files_without_reference_geometry(tmp_path: Path) -> None:
+    lab = _labelmap()
+    full = write_seg_nrrd(lab, LABELS, tmp_path / "full.seg.nrrd", crop=False)
+    hdr = nrrd.read_header(str(full))
+    assert tuple(hdr["sizes"]) == (18, 15, 12) and hdr["Segmentation_ReferenceImageExtentOffset"] == "0 0 0"
+    back, segs = read_seg_nrrd(full)
+    np.testing.assert_array_equal(back.array, lab.array)
+    assert segs[0]["extent"] == [4, 14, 3, 11, 2, 8]
+    # A cropped file from a writer that left out the reference geometry: the box's own grid.
+    data, hdr = nrrd.read(str(write_seg_nrrd(lab, LABELS, tmp_path / "c.seg.nrrd")), index_order="C")
+    hdr["Segmentation_ConversionParameters"] = "Collapse labelmaps|1|x"
+    nrrd.write(str(tmp_path / "nogeo.seg.nrrd"), data, hdr, index_order="C")
+    box, _ = read_seg_nrrd(tmp_path / "nogeo.seg.nrrd")
+    np.testing.assert_array_equal(box.array, lab.array[2:9, 3:12, 4:15])
+    np.testing.assert_allclose(box.origin, lab.physical_points(np.array([[4.0, 3.0, 2.0]]))[0], atol=1e-9)
+
+
+def test_cropped_file_is_placed_exactly_by_slicer(tmp_path: Path, scene) -> None:
+    """Slicer's own storage node (slicer-core) reads the cropped file onto the right voxels."""
+    slicer = pytest.importorskip("slicer")
+    direction = Rotation.from_euler("zyx", [20, 10, -35], degrees=True).as_matrix()
+    lab = _labelmap(direction)
+    out = write_seg_nrrd(lab, LABELS, tmp_path / "r.seg.nrrd")
+    ref = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    slicer.util.updateVolumeFromArray(ref, np.zeros(lab.array.shape, np.int16))
+    ref.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(lab.ijk_to_ras()))
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    st = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    st.SetFileName(str(out))
+    assert st.ReadData(seg)
+    s = seg.GetSegmentation()
+    names = {s.GetNthSegment(n).GetName(): s.GetNthSegmentID(n) for n in range(s.GetNumberOfSegments())}
+    assert set(names) == {"Liver", "Liver tumor"}
+    for name, value in (("Liver", 1), ("Liver tumor", 2)):
+        got = slicer.util.arrayFromSegmentBinaryLabelmap(seg, names[name], ref)
+        np.testing.assert_array_equal(got > 0, lab.array == value)
