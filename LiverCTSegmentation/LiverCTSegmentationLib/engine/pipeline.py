@@ -19,6 +19,11 @@
    RAS inputs work); no full-resolution float array is ever allocated.
 5. Statistics on the final labelmap.
 
+Resampling (steps 1, 2 and the smooth paste-back of 4) is SimpleITK's on the CPU,
+as in training; on a CUDA GPU it runs there (``resample_torch``, the same
+interpolation to float32 rounding), which saves copying the whole CT into ITK
+(``SegmentOptions.resampler``).
+
 Each stage's region is run as ONE network window when it fits
 ``options.max_window_voxels`` (default ``inference.default_window_voxels``,
 ~168^3 with bf16, half that in float32: a whole CT at 3 mm, a liver box at
@@ -58,6 +63,10 @@ class SegmentOptions:
     overlap: float = 0.5
     bf16: Optional[bool] = None  # None: where the hardware runs it natively; False: never
     max_window_voxels: Optional[int] = None  # None: inference.default_window_voxels(bf16); 0: always tile
+    # Resampling (both stages' inputs and the smooth paste-back): "itk" (SimpleITK, as in training),
+    # "torch" (resample_torch on the inference device, same interpolation to float32 rounding), or
+    # "auto": torch on a CUDA GPU, where it saves copying the CT into ITK; ITK elsewhere.
+    resampler: str = "auto"
 
 
 @dataclass
@@ -71,24 +80,48 @@ class SegmentationResult:
     device: str = "cpu"
 
 
-def _stage_array(vol: Volume, stage) -> tuple[Volume, np.ndarray]:
-    from .preprocess import normalise, resample_to_spacing
+def _stage_array(vol: Volume, stage, device=None) -> tuple[Volume, np.ndarray]:
+    """(the stage's grid, its normalised float32 input). ``device``: resample there with torch."""
+    from .preprocess import normalise, resample_to_spacing, target_grid
 
     low = float(stage.intensity["clip"][0])
-    rs = resample_to_spacing(vol, stage.spacing, "linear", default_value=low,
-                             orientation=getattr(stage, "orientation", "native"))
-    return rs, normalise(rs.array, stage.intensity)
+    orientation = getattr(stage, "orientation", "native")
+    if device is None:
+        rs = resample_to_spacing(vol, stage.spacing, "linear", default_value=low, orientation=orientation)
+        return rs, normalise(rs.array, stage.intensity)
+    import torch
+
+    from .resample_torch import resample_linear
+
+    size, sp, origin, direction = target_grid(vol, stage.spacing, orientation)
+    src = torch.from_numpy(np.ascontiguousarray(vol.array)).to(device)
+    x = resample_linear(src, vol, size, sp, origin, direction, low)
+    del src
+    lo, hi = (float(v) for v in stage.intensity["clip"])
+    x = ((x.clamp_(lo, hi) - float(stage.intensity["mean"])) / float(stage.intensity["std"])).cpu().numpy()
+    # The grid's array is the normalised input too: callers take only its geometry (``with_array``).
+    return Volume(x, sp, origin, np.asarray(direction, float), metadata=dict(vol.metadata)), x
+
+
+def _torch_resampler(options: "SegmentOptions", device):
+    """The device to resample on with torch, or None for ITK (see ``SegmentOptions.resampler``)."""
+    choice = (options.resampler or "auto").lower()
+    if choice not in ("auto", "itk", "torch"):
+        raise ValueError(f"resampler must be 'auto', 'itk' or 'torch', got {options.resampler!r}")
+    if choice == "torch" or (choice == "auto" and device.type == "cuda"):
+        return device
+    return None
 
 
 def _run_stage(bundle, name: str, vol: Volume, device, bf16: bool, overlap: float, batch_size: int,
-               progress: Progress, max_window_voxels: int = 0) -> tuple[Volume, float]:
+               progress: Progress, max_window_voxels: int = 0, resample_device=None) -> tuple[Volume, float]:
     """Resample + normalise + sliding window; returns (label Volume on the stage grid, preprocess seconds)."""
     from .inference import sliding_window_predict
     from .networks import required_divisor, spatial_dims, window_size_invariant
 
     st = bundle.stages[name]
     t0 = time.perf_counter()
-    grid, x = _stage_array(vol, st)
+    grid, x = _stage_array(vol, st, resample_device)
     t_pre = time.perf_counter() - t0
     net = bundle.network(name, device)
     if not window_size_invariant(st.architecture):
@@ -199,6 +232,7 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
     else:
         max_window = max(0, int(options.max_window_voxels))
     overlap = FAST_OVERLAP if options.fast else float(options.overlap)
+    resample_device = _torch_resampler(options, device)
     has_fine = "fine" in bundle.stages
     lesion_bundle = lesions_only(bundle.description)
     target = _target_name(bundle)
@@ -223,7 +257,7 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
     progress.stage("coarse", 0.0, 0.45 if has_fine else 0.85)
     t = time.perf_counter()
     coarse, t_pre = _run_stage(bundle, "coarse", search, device, bf16, overlap, options.batch_size, progress,
-                               max_window)
+                               max_window, resample_device)
     timings["preprocess"] = t_pre
     timings["coarse"] = time.perf_counter() - t - t_pre
     # Lesion bundles: every component is a finding (the largest alone would drop all other lesions).
@@ -254,7 +288,7 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
             raise InputError("Internal geometry error: liver box outside the image.")
         box = crop_box(volume, *rng)
         fine, t_pre = _run_stage(bundle, "fine", box, device, bf16, overlap, options.batch_size, progress,
-                                 max_window)
+                                 max_window, resample_device)
         timings["preprocess"] += t_pre
         timings["fine"] = time.perf_counter() - t - t_pre
         label = fine
@@ -279,6 +313,6 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
     # ------------------------------------------------------ paste back
     progress.stage("resample", 0.97, 0.99)
     t = time.perf_counter()
-    out = resample_labels_to_reference(label, volume, smooth=True)
+    out = resample_labels_to_reference(label, volume, smooth=True, device=resample_device)
     timings["resample"] = time.perf_counter() - t
     return result(out)

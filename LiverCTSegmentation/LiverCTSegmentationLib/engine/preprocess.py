@@ -81,6 +81,16 @@ def canonical_grid(vol: Volume, spacing: Sequence[float]) -> tuple[tuple, tuple,
     return tuple(int(s) for s in size), tuple(float(s) for s in new_sp), tuple(float(o) for o in origin), direction
 
 
+def target_grid(vol: Volume, spacing: Sequence[float], orientation: str = "native") -> tuple[tuple, tuple, tuple, np.ndarray]:
+    """(size_ijk, spacing, origin, direction) that :func:`resample_to_spacing` resamples onto."""
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
+    if orientation == "canonical":
+        return canonical_grid(vol, spacing)
+    size, sp, origin = grid_for_spacing(vol, spacing)
+    return size, sp, origin, vol.direction.copy()
+
+
 def resample_to_spacing(vol: Volume, spacing: Sequence[float], interpolation: str = "linear",
                         default_value: Optional[float] = None, orientation: str = "native") -> Volume:
     """Resample onto a grid of ``spacing`` (i, j, k) mm over the same field of view.
@@ -94,12 +104,7 @@ def resample_to_spacing(vol: Volume, spacing: Sequence[float], interpolation: st
     import SimpleITK as sitk
 
     interp = _interpolator(interpolation)
-    if orientation not in ORIENTATIONS:
-        raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
-    if orientation == "canonical":
-        size, sp, origin, direction = canonical_grid(vol, spacing)
-    else:
-        (size, sp, origin), direction = grid_for_spacing(vol, spacing), vol.direction.copy()
+    size, sp, origin, direction = target_grid(vol, spacing, orientation)
     if default_value is None:
         default_value = 0.0 if interpolation == "nearest" or vol.array.size == 0 else float(vol.array.min())
     img = vol.to_sitk()  # no cast of the full-resolution input: only the output is float32
@@ -168,7 +173,7 @@ def voxel_box_corners(vol: Volume, lo_ijk, hi_ijk) -> np.ndarray:
 SMOOTH_CHUNK_VOXELS = 8_000_000  # float32 working set of the smooth paste-back: ~32 MB per chunk
 
 
-def resample_labels_to_reference(label: Volume, reference: Volume, smooth: bool = False) -> Volume:
+def resample_labels_to_reference(label: Volume, reference: Volume, smooth: bool = False, device=None) -> Volume:
     """uint8 labels onto ``reference``'s exact grid (through physical space).
 
     Only the part of the reference grid covered by ``label`` is resampled
@@ -179,6 +184,8 @@ def resample_labels_to_reference(label: Volume, reference: Volume, smooth: bool 
     smooth boundaries at the finer native resolution (closer to what
     interpolating probabilities gives), processed in slabs of at most
     ``SMOOTH_CHUNK_VOXELS`` so no float array of the whole CT is ever made.
+    ``device``: a torch device to interpolate the smooth paste-back on with ``resample_torch``
+    (same semantics as ITK's linear interpolator); None: ITK.
     """
     lab = label if label.array.dtype == np.uint8 else label.with_array(label.array.astype(np.uint8))
     out = np.zeros(reference.shape_kji[:3], dtype=np.uint8)
@@ -193,6 +200,9 @@ def resample_labels_to_reference(label: Volume, reference: Volume, smooth: bool 
         out[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = sub
         return Volume(out, reference.spacing, reference.origin, reference.direction.copy())
     values = [int(v) for v in np.unique(lab.array) if v]
+    if device is not None:
+        _paste_smooth_torch(lab, reference, values, lo, hi, out, device)
+        return Volume(out, reference.spacing, reference.origin, reference.direction.copy())
     masks = [lab.with_array((lab.array >= v).astype(np.float32)) for v in values]
     plane = int((hi[0] - lo[0] + 1) * (hi[1] - lo[1] + 1))
     step = max(1, SMOOTH_CHUNK_VOXELS // max(plane, 1))
@@ -206,6 +216,22 @@ def resample_labels_to_reference(label: Volume, reference: Volume, smooth: bool 
             f = _resample_onto(m, size, reference.spacing, origin, reference.direction, "linear", 0.0)
             slab[f >= 0.5] = v
     return Volume(out, reference.spacing, reference.origin, reference.direction.copy())
+
+
+def _paste_smooth_torch(lab: Volume, reference: Volume, values: list[int], lo, hi, out: np.ndarray, device) -> None:
+    """The smooth paste-back of :func:`resample_labels_to_reference` on a torch device."""
+    import torch
+
+    from .resample_torch import resample_linear
+
+    size = hi - lo + 1
+    origin = reference.physical_points(lo[None, :].astype(float))[0]
+    src = torch.from_numpy(np.ascontiguousarray(lab.array)).to(device)
+    box = torch.zeros(tuple(int(s) for s in size[::-1]), dtype=torch.uint8, device=device)
+    for v in values:
+        f = resample_linear(src >= v, lab, size, reference.spacing, origin, reference.direction, 0.0)
+        box[f >= 0.5] = v
+    out[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = box.cpu().numpy()
 
 
 def normalise(array: np.ndarray, intensity: dict) -> np.ndarray:
