@@ -5,7 +5,8 @@ Read (512x512x300 int16 phantom CT, 80 MB .nii.gz), median of --repeat runs each
 - ITK alone: ``sitk.ReadImage`` (no stream check: what ITK would give by itself);
 - read_volume, ITK path: what it does without ``isal`` (ITK read + full-stream check in a thread);
 - the fast path inflating with Python's zlib instead of ISA-L (why the fast path needs ISA-L);
-- read_volume, fast path with ISA-L (the default when ``isal`` is installed).
+- read_volume, fast path with ISA-L (the default below 4 usable cores);
+- read_volume, parallel inflate with rapidgzip on every usable core (the default on 4+ cores).
 
 Write: the labelmap of that CT as .seg.nrrd: whole grid at gzip level 6 (slicerio's usual) and 1, and the
 labelled box only at level 1 (ours; every file is read back and compared).
@@ -58,6 +59,29 @@ def _zlib_fast_path():
         nifti_gz.gunzip = real
 
 
+@contextmanager
+def _parallel(on: bool):
+    """Force the parallel inflate (rapidgzip) on or off, whatever this machine's core count."""
+    from LiverCTSegmentationLib.engine import nifti_gz
+
+    real = nifti_gz.PARALLEL_MIN_CORES
+    nifti_gz.PARALLEL_MIN_CORES = 1 if on else 1 << 20
+    try:
+        yield
+    finally:
+        nifti_gz.PARALLEL_MIN_CORES = real
+
+
+@contextmanager
+def _serial(ctx=None):
+    with _parallel(False):
+        if ctx is None:
+            yield
+        else:
+            with ctx():
+                yield
+
+
 def _median_s(fn, repeat: int) -> tuple[float, object]:
     times, out = [], None
     for _ in range(repeat):
@@ -93,11 +117,26 @@ def main(argv=None) -> int:
     except ImportError:
         has_isal = False
 
+    try:
+        import rapidgzip  # noqa: F401
+        has_rapidgzip = True
+    except ImportError:
+        has_rapidgzip = False
+    from LiverCTSegmentationLib.engine.device import usable_cores
+    from LiverCTSegmentationLib.engine.nifti_gz import PARALLEL_MIN_CORES
+
+    cores = usable_cores()
     variants = [("ITK alone (sitk.ReadImage, no stream check)", lambda: sitk.ReadImage(str(ct)), None)]
-    variants.append(("read_volume without isal: ITK + stream check in a thread", lambda: io.read_volume(ct), _no_isal))
+    variants.append(("read_volume without isal: ITK + stream check in a thread", lambda: io.read_volume(ct),
+                     lambda: _serial(_no_isal)))
     if has_isal:
-        variants.append(("fast path inflating with zlib (not used)", lambda: io.read_volume(ct), _zlib_fast_path))
-        variants.append(("read_volume, fast path, ISA-L (default)", lambda: io.read_volume(ct), None))
+        variants.append(("fast path inflating with zlib (not used)", lambda: io.read_volume(ct),
+                         lambda: _serial(_zlib_fast_path)))
+        variants.append((f"read_volume, fast path, ISA-L (default below {PARALLEL_MIN_CORES} cores)",
+                         lambda: io.read_volume(ct), _serial))
+    if has_rapidgzip:
+        variants.append((f"read_volume, parallel inflate, rapidgzip on {cores} cores (default on "
+                         f"{PARALLEL_MIN_CORES}+)", lambda: io.read_volume(ct), lambda: _parallel(True)))
     rows, base = [], None
     for name, fn, ctx in variants:
         if ctx is None:
@@ -131,7 +170,7 @@ def main(argv=None) -> int:
              C.table(rows, ["read", "seconds", "speed vs ITK alone"]), "",
              C.table(wrows, ["write", "seconds", "MB"])]
     if not has_isal:
-        lines += ["", "isal is not installed: the two fast-path rows are missing."]
+        lines += ["", "isal is not installed: the two ISA-L fast-path rows are missing."]
     text = "\n".join(lines)
     print(text)
     if args.save:
