@@ -16,7 +16,7 @@ def test_quick_run_prints_every_row(tmp_path, capsys):
     assert bench_io.main(["--quick", "--repeat", "1", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for row in ("ITK alone", "without isal", "inflating with zlib", "fast path, ISA-L", "parallel inflate, rapidgzip",
-                "gzip level 6", "gzip level 1, whole grid", "labelled box only"):
+                "gzip level 6", "gzip level 1, whole grid", "labelled box only", "as gzip .nrrd", "as raw (ours) .nrrd"):
         assert row in out, row
     import isal  # noqa: F401  (the blocked-import context was undone)
     from LiverCTSegmentationLib.engine import nifti_gz

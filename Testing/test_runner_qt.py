@@ -101,6 +101,10 @@ def test_run_finishes_and_imports_segments(qt_app, scene, tmp_path, box_bundle):
     run.start()
     temp_dir = run.temp_dir
     assert temp_dir and os.path.isdir(temp_dir)
+    # The hand-over file is raw: gzip would cost seconds per Apply for a full-size CT.
+    import nrrd
+
+    assert nrrd.read_header(os.path.join(temp_dir, "input.nrrd"))["encoding"] == "raw"
     pump(qt_app, lambda: rec.finished is not None)
 
     seg, stats, error = rec.finished

@@ -162,6 +162,9 @@ def run_batch(
         bundle = models.default_bundle_dir()
     bundle = _load_bundle(bundle)
     model = model_identity(bundle)
+    from .engine.warmup import start_warm_up
+
+    start_warm_up(bundle, options.device)  # on a GPU: overlaps CUDA start-up with reading the first case
 
     results: dict[str, CaseResult] = {}
     deferred: list[tuple[int, Case]] = []

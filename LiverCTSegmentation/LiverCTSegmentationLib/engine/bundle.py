@@ -20,6 +20,7 @@ import json
 import math
 import os
 import stat
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -217,6 +218,8 @@ class ModelBundle:
     description: dict
     stages: dict
     _cache: dict = field(default_factory=dict, repr=False)
+    # network() may be called from a warm-up thread (warmup.py) while a case starts
+    _lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 
     # Convenience views of model.json
     @property
@@ -275,13 +278,14 @@ class ModelBundle:
         if stage not in self.stages:
             raise BundleError(f"Model '{self.name}' has no stage '{stage}' (has {', '.join(self.stage_names)}).")
         key = (stage, str(torch.device(device)))
-        if key not in self._cache:
-            st = self.stages[stage]
-            state = load_state_dict(st)
-            net = _build_and_load(st.architecture, state, f"stage '{stage}' of model '{self.name}'")
-            net.eval()
-            self._cache[key] = net.to(device)
-        return self._cache[key]
+        with self._lock:
+            if key not in self._cache:
+                st = self.stages[stage]
+                state = load_state_dict(st)
+                net = _build_and_load(st.architecture, state, f"stage '{stage}' of model '{self.name}'")
+                net.eval()
+                self._cache[key] = net.to(device)
+            return self._cache[key]
 
 
 def _check_hash(st: StageSpec, actual: str) -> None:

@@ -358,8 +358,11 @@ def _write_failure(p: Path, e: Exception) -> str:
     return f"Cannot write '{p}': {reason}. Check the folder and free disk space."
 
 
-def write_volume(vol: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write NIfTI/NRRD/MHA (by extension), compressed and atomically; `OutputError` on failure."""
+def write_volume(vol: Volume, path: str | os.PathLike, overwrite: bool = False, compress: bool = True) -> Path:
+    """Write NIfTI/NRRD/MHA (by extension), atomically; `OutputError` on failure.
+
+    ``compress=False`` is for scratch files read back at once (Slicer's worker hand-over):
+    gzip costs more than the disk it saves there (``bench/bench_io.py``)."""
     p = Path(path)
     if p.name.lower().endswith(".seg.nrrd"):
         raise OutputError(f"'{p.name}': use write_seg_nrrd for Slicer segmentation files.")
@@ -368,7 +371,7 @@ def write_volume(vol: Volume, path: str | os.PathLike, overwrite: bool = False) 
     import SimpleITK as sitk
 
     img = vol.to_sitk()
-    return atomic_write(p, lambda tmp: sitk.WriteImage(img, str(tmp), True), overwrite=overwrite)
+    return atomic_write(p, lambda tmp: sitk.WriteImage(img, str(tmp), bool(compress)), overwrite=overwrite)
 
 
 def write_seg_nrrd(labelmap: Volume, labels: list[dict], path: str | os.PathLike, overwrite: bool = False) -> Path:

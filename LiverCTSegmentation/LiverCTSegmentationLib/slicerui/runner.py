@@ -329,7 +329,9 @@ class BackgroundSegmentation:
         self.temp_dir = make_temp_dir()
         try:
             volume = mrml_convert.volume_from_node(self.inputVolumeNode)
-            in_path = io.write_volume(volume, os.path.join(self.temp_dir, "input.nrrd"))
+            # Uncompressed: the worker reads it back at once and the folder is removed afterwards;
+            # gzip would add seconds to every Apply for a full-size CT (bench/bench_io.py).
+            in_path = io.write_volume(volume, os.path.join(self.temp_dir, "input.nrrd"), compress=False)
             roi_lps = mrml_convert.roi_to_lps_box(self.roi, self.inputVolumeNode)
             model = model_for_worker(self.model)
         except Exception:

@@ -74,11 +74,14 @@ def main(argv=None) -> int:
 
     try:
         emit("progress", fraction=0.0, stage="loading")
+        bundle = load_bundle(args.model or None)
+        from LiverCTSegmentationLib.engine.warmup import start_warm_up
+
+        start_warm_up(bundle, args.device)  # on a GPU: CUDA starts while the input is read
         vol = io.read_volume(args.input)
         warnings = list(checks.check_volume(vol))
         for w in warnings:
             emit("warning", message=w)
-        bundle = load_bundle(args.model or None)
         roi = None
         if args.roi_lps:
             roi = (tuple(args.roi_lps[:3]), tuple(args.roi_lps[3:]))
@@ -86,7 +89,8 @@ def main(argv=None) -> int:
         res = pipeline.segment(vol, bundle, options, progress=Progress(on_progress))
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        label_path = io.write_volume(res.labelmap, out / "labelmap.nrrd", overwrite=True)
+        # Uncompressed scratch file: the runner imports it at once and removes the folder.
+        label_path = io.write_volume(res.labelmap, out / "labelmap.nrrd", overwrite=True, compress=False)
         stats = res.statistics.to_dict() if hasattr(res.statistics, "to_dict") else res.statistics
         (out / "statistics.json").write_text(json.dumps(stats, default=_jsonable), encoding="utf-8")
         for w in getattr(res, "warnings", []) or []:
