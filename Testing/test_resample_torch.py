@@ -110,3 +110,32 @@ def test_resampler_choice():
     assert pipeline._torch_resampler(SegmentOptions(resampler="torch"), CPU) == CPU
     with pytest.raises(ValueError, match="resampler"):
         pipeline._torch_resampler(SegmentOptions(resampler="scipy"), CPU)
+
+
+def _oom(*a, **k):
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_gpu_resampling_out_of_memory_falls_back_to_itk(monkeypatch):
+    """A GPU too full to resample: the case is resampled with ITK instead, same result, with a warning."""
+    from LiverCTSegmentationLib.engine import resample_torch
+
+    bundle = ModelBundle.load(models.resolve_model("liverct-phantom-demo"))
+    ct, _ = make_phantom(70001, orientation="LPS", fov="full")
+    want = segment(ct, bundle, SegmentOptions(device="cpu", resampler="itk"))
+    monkeypatch.setattr(resample_torch, "resample_linear", _oom)
+    got = segment(ct, bundle, SegmentOptions(device="cpu", resampler="torch"))
+    np.testing.assert_array_equal(got.labelmap.array, want.labelmap.array)
+    assert got.warnings.count(pipeline.GPU_RESAMPLE_OOM) == 1
+    assert pipeline.GPU_RESAMPLE_OOM not in want.warnings
+
+
+def test_gpu_inference_out_of_memory_is_a_clear_resource_error(monkeypatch):
+    from LiverCTSegmentationLib.engine import inference
+    from LiverCTSegmentationLib.engine.errors import ResourceError
+
+    bundle = ModelBundle.load(models.resolve_model("liverct-phantom-demo"))
+    ct, _ = make_phantom(70001, orientation="LPS", fov="full")
+    monkeypatch.setattr(inference, "sliding_window_predict", _oom)
+    with pytest.raises(ResourceError, match="GPU ran out of memory in the coarse pass .*choose device 'cpu'"):
+        segment(ct, bundle, SegmentOptions(device="cpu"))

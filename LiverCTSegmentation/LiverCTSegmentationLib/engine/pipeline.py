@@ -113,31 +113,68 @@ def _torch_resampler(options: "SegmentOptions", device):
     return None
 
 
+GPU_RESAMPLE_OOM = ("The GPU had too little free memory to resample this CT, so it was resampled on the CPU "
+                    "(slower). Close other programs that use the GPU to get the full speed back.")
+
+
+def _free_gpu() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _stage_input(vol: Volume, stage, resample_device, warnings: list):
+    """((grid, input), resample device to keep using): on the GPU, or with ITK when there is
+    none or it runs out of memory (then ITK for the rest of the case, with a warning)."""
+    if resample_device is not None:
+        import torch
+
+        try:
+            return _stage_array(vol, stage, resample_device), resample_device
+        except torch.cuda.OutOfMemoryError:
+            _free_gpu()
+            warnings.append(GPU_RESAMPLE_OOM)
+    return _stage_array(vol, stage), None
+
+
 def _run_stage(bundle, name: str, vol: Volume, device, bf16: bool, overlap: float, batch_size: int,
-               progress: Progress, max_window_voxels: int = 0, resample_device=None) -> tuple[Volume, float]:
-    """Resample + normalise + sliding window; returns (label Volume on the stage grid, preprocess seconds)."""
+               progress: Progress, max_window_voxels: int = 0, resample_device=None,
+               warnings: Optional[list] = None) -> tuple[Volume, float, Any]:
+    """Resample + normalise + sliding window; returns (label Volume on the stage grid, preprocess
+    seconds, the resample device for the next steps)."""
+    import torch
+
+    from .errors import ResourceError
     from .inference import sliding_window_predict
     from .networks import required_divisor, spatial_dims, window_size_invariant
 
     st = bundle.stages[name]
     t0 = time.perf_counter()
-    grid, x = _stage_array(vol, st, resample_device)
+    (grid, x), resample_device = _stage_input(vol, st, resample_device, warnings if warnings is not None else [])
     t_pre = time.perf_counter() - t0
     net = bundle.network(name, device)
     if not window_size_invariant(st.architecture):
         # Instance/group norm take statistics over the window itself: a window larger than the
         # training patch changes the output (measured: liver Dice 0.85 -> 0.70), so tile at patch size.
         max_window_voxels = 0
-    cls = sliding_window_predict(
-        net, x, st.patch_size, st.n_classes, overlap=overlap, batch_size=batch_size, device=device,
-        bf16=bf16, progress=progress, spatial_dims=spatial_dims(st.architecture),
-        pad_value=float(x.min()) if x.size else 0.0, max_window_voxels=max_window_voxels,
-        divisor=required_divisor(st.architecture),
-    )
+    try:
+        cls = sliding_window_predict(
+            net, x, st.patch_size, st.n_classes, overlap=overlap, batch_size=batch_size, device=device,
+            bf16=bf16, progress=progress, spatial_dims=spatial_dims(st.architecture),
+            pad_value=float(x.min()) if x.size else 0.0, max_window_voxels=max_window_voxels,
+            divisor=required_divisor(st.architecture),
+        )
+    except torch.cuda.OutOfMemoryError as e:
+        _free_gpu()
+        raise ResourceError(
+            f"The GPU ran out of memory in the {name} pass ({str(e).splitlines()[0][:120]}). Close other "
+            "programs that use the GPU, draw a region of interest around the liver, or choose device 'cpu'."
+        ) from e
     del x
     _release_free_memory()
     lut = np.asarray(st.class_to_label, dtype=np.uint8)
-    return grid.with_array(lut[cls]), t_pre
+    return grid.with_array(lut[cls]), t_pre, resample_device
 
 
 def _release_free_memory() -> None:
@@ -256,8 +293,8 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
     search = volume if options.roi_lps is None else _roi_crop(volume, options.roi_lps)
     progress.stage("coarse", 0.0, 0.45 if has_fine else 0.85)
     t = time.perf_counter()
-    coarse, t_pre = _run_stage(bundle, "coarse", search, device, bf16, overlap, options.batch_size, progress,
-                               max_window, resample_device)
+    coarse, t_pre, resample_device = _run_stage(bundle, "coarse", search, device, bf16, overlap, options.batch_size,
+                                                progress, max_window, resample_device, warnings)
     timings["preprocess"] = t_pre
     timings["coarse"] = time.perf_counter() - t - t_pre
     # Lesion bundles: every component is a finding (the largest alone would drop all other lesions).
@@ -287,8 +324,8 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
         if rng is None:  # pragma: no cover - coarse grid lies inside the input by construction
             raise InputError("Internal geometry error: liver box outside the image.")
         box = crop_box(volume, *rng)
-        fine, t_pre = _run_stage(bundle, "fine", box, device, bf16, overlap, options.batch_size, progress,
-                                 max_window, resample_device)
+        fine, t_pre, resample_device = _run_stage(bundle, "fine", box, device, bf16, overlap, options.batch_size,
+                                                  progress, max_window, resample_device, warnings)
         timings["preprocess"] += t_pre
         timings["fine"] = time.perf_counter() - t - t_pre
         label = fine
@@ -313,6 +350,16 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
     # ------------------------------------------------------ paste back
     progress.stage("resample", 0.97, 0.99)
     t = time.perf_counter()
-    out = resample_labels_to_reference(label, volume, smooth=True, device=resample_device)
+    import torch
+
+    try:
+        out = resample_labels_to_reference(label, volume, smooth=True, device=resample_device)
+    except torch.cuda.OutOfMemoryError:
+        if resample_device is None:
+            raise
+        _free_gpu()
+        if GPU_RESAMPLE_OOM not in warnings:
+            warnings.append(GPU_RESAMPLE_OOM)
+        out = resample_labels_to_reference(label, volume, smooth=True)
     timings["resample"] = time.perf_counter() - t
     return result(out)
