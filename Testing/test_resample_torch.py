@@ -7,7 +7,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from LiverCTSegmentationLib import models
-from LiverCTSegmentationLib.engine import pipeline, preprocess
+from LiverCTSegmentationLib.engine import pipeline, preprocess, stage_pass
 from LiverCTSegmentationLib.engine.bundle import ModelBundle
 from LiverCTSegmentationLib.engine.phantom import make_phantom
 from LiverCTSegmentationLib.engine.pipeline import SegmentOptions, segment
@@ -61,8 +61,8 @@ def test_stage_input_matches_itk(orientation):
     ct, _ = make_phantom(70002, orientation="RAS", fov="full")
     stage = type("Stage", (), {"spacing": (3.0, 3.0, 3.0), "orientation": orientation,
                                "intensity": {"clip": [-200.0, 300.0], "mean": 60.0, "std": 80.0}})()
-    grid_itk, x_itk = pipeline._stage_array(ct, stage)
-    grid_t, x_t = pipeline._stage_array(ct, stage, CPU)
+    grid_itk, x_itk = stage_pass.stage_array(ct, stage)
+    grid_t, x_t = stage_pass.stage_array(ct, stage, CPU)
     assert grid_t.same_grid(grid_itk, atol=1e-9)
     np.testing.assert_allclose(x_t, x_itk, atol=1e-3)  # normalised units: 0.08 HU
 
@@ -104,12 +104,13 @@ def test_segment_with_torch_resampling_equals_itk_resampling():
 
 
 def test_resampler_choice():
-    assert pipeline._torch_resampler(SegmentOptions(), torch.device("cuda")) == torch.device("cuda")
-    assert pipeline._torch_resampler(SegmentOptions(), CPU) is None
-    assert pipeline._torch_resampler(SegmentOptions(resampler="itk"), torch.device("cuda")) is None
-    assert pipeline._torch_resampler(SegmentOptions(resampler="torch"), CPU) == CPU
+    default = SegmentOptions().resampler
+    assert stage_pass.torch_resampler(default, torch.device("cuda")) == torch.device("cuda")
+    assert stage_pass.torch_resampler(default, CPU) is None
+    assert stage_pass.torch_resampler("itk", torch.device("cuda")) is None
+    assert stage_pass.torch_resampler("torch", CPU) == CPU
     with pytest.raises(ValueError, match="resampler"):
-        pipeline._torch_resampler(SegmentOptions(resampler="scipy"), CPU)
+        segment(Volume(np.zeros((4, 4, 4), np.int16)), None, SegmentOptions(device="cpu", resampler="scipy"))
 
 
 def _oom(*a, **k):

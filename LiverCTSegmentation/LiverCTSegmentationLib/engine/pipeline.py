@@ -48,7 +48,10 @@ import numpy as np
 from .errors import InputError
 from .postprocess import lesions_only
 from .progress import Progress
+from .stage_pass import GPU_RESAMPLE_OOM, free_gpu, run_stage, torch_resampler
 from .volume import Volume
+
+__all__ = ["SegmentOptions", "SegmentationResult", "segment", "GPU_RESAMPLE_OOM", "FAST_OVERLAP"]
 
 FAST_OVERLAP = 0.25
 
@@ -78,124 +81,6 @@ class SegmentationResult:
     bundle_name: str = ""
     bundle_version: str = ""
     device: str = "cpu"
-
-
-def _stage_array(vol: Volume, stage, device=None) -> tuple[Volume, np.ndarray]:
-    """(the stage's grid, its normalised float32 input). ``device``: resample there with torch."""
-    from .preprocess import normalise, resample_to_spacing, target_grid
-
-    low = float(stage.intensity["clip"][0])
-    orientation = getattr(stage, "orientation", "native")
-    if device is None:
-        rs = resample_to_spacing(vol, stage.spacing, "linear", default_value=low, orientation=orientation)
-        return rs, normalise(rs.array, stage.intensity)
-    import torch
-
-    from .resample_torch import resample_linear
-
-    size, sp, origin, direction = target_grid(vol, stage.spacing, orientation)
-    src = torch.from_numpy(np.ascontiguousarray(vol.array)).to(device)
-    x = resample_linear(src, vol, size, sp, origin, direction, low)
-    del src
-    lo, hi = (float(v) for v in stage.intensity["clip"])
-    x = ((x.clamp_(lo, hi) - float(stage.intensity["mean"])) / float(stage.intensity["std"])).cpu().numpy()
-    # The grid's array is the normalised input too: callers take only its geometry (``with_array``).
-    return Volume(x, sp, origin, np.asarray(direction, float), metadata=dict(vol.metadata)), x
-
-
-def _torch_resampler(options: "SegmentOptions", device):
-    """The device to resample on with torch, or None for ITK (see ``SegmentOptions.resampler``)."""
-    choice = (options.resampler or "auto").lower()
-    if choice not in ("auto", "itk", "torch"):
-        raise ValueError(f"resampler must be 'auto', 'itk' or 'torch', got {options.resampler!r}")
-    if choice == "torch" or (choice == "auto" and device.type == "cuda"):
-        return device
-    return None
-
-
-GPU_RESAMPLE_OOM = ("The GPU had too little free memory to resample this CT, so it was resampled on the CPU "
-                    "(slower). Close other programs that use the GPU to get the full speed back.")
-
-
-def _free_gpu() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _stage_input(vol: Volume, stage, resample_device, warnings: list):
-    """((grid, input), resample device to keep using): on the GPU, or with ITK when there is
-    none or it runs out of memory (then ITK for the rest of the case, with a warning)."""
-    if resample_device is not None:
-        import torch
-
-        try:
-            return _stage_array(vol, stage, resample_device), resample_device
-        except torch.cuda.OutOfMemoryError:
-            _free_gpu()
-            warnings.append(GPU_RESAMPLE_OOM)
-    return _stage_array(vol, stage), None
-
-
-def _run_stage(bundle, name: str, vol: Volume, device, bf16: bool, overlap: float, batch_size: int,
-               progress: Progress, max_window_voxels: int = 0, resample_device=None,
-               warnings: Optional[list] = None) -> tuple[Volume, float, Any]:
-    """Resample + normalise + sliding window; returns (label Volume on the stage grid, preprocess
-    seconds, the resample device for the next steps)."""
-    import torch
-
-    from .errors import ResourceError
-    from .inference import sliding_window_predict
-    from .networks import required_divisor, spatial_dims, window_size_invariant
-
-    st = bundle.stages[name]
-    t0 = time.perf_counter()
-    (grid, x), resample_device = _stage_input(vol, st, resample_device, warnings if warnings is not None else [])
-    t_pre = time.perf_counter() - t0
-    net = bundle.network(name, device)
-    if not window_size_invariant(st.architecture):
-        # Instance/group norm take statistics over the window itself: a window larger than the
-        # training patch changes the output (measured: liver Dice 0.85 -> 0.70), so tile at patch size.
-        max_window_voxels = 0
-    try:
-        cls = sliding_window_predict(
-            net, x, st.patch_size, st.n_classes, overlap=overlap, batch_size=batch_size, device=device,
-            bf16=bf16, progress=progress, spatial_dims=spatial_dims(st.architecture),
-            pad_value=float(x.min()) if x.size else 0.0, max_window_voxels=max_window_voxels,
-            divisor=required_divisor(st.architecture),
-        )
-    except torch.cuda.OutOfMemoryError as e:
-        _free_gpu()
-        raise ResourceError(
-            f"The GPU ran out of memory in the {name} pass ({str(e).splitlines()[0][:120]}). Close other "
-            "programs that use the GPU, draw a region of interest around the liver, or choose device 'cpu'."
-        ) from e
-    del x
-    _release_free_memory()
-    lut = np.asarray(st.class_to_label, dtype=np.uint8)
-    return grid.with_array(lut[cls]), t_pre, resample_device
-
-
-def _release_free_memory() -> None:
-    """Give freed heap pages back to the OS (glibc only; a no-op elsewhere).
-
-    After a network pass, glibc keeps hundreds of MB of freed activation
-    buffers in its arenas; without a trim they add to the next stage's peak RSS.
-    """
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -269,7 +154,7 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
     else:
         max_window = max(0, int(options.max_window_voxels))
     overlap = FAST_OVERLAP if options.fast else float(options.overlap)
-    resample_device = _torch_resampler(options, device)
+    resample_device = torch_resampler(options.resampler, device)
     has_fine = "fine" in bundle.stages
     lesion_bundle = lesions_only(bundle.description)
     target = _target_name(bundle)
@@ -293,7 +178,7 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
     search = volume if options.roi_lps is None else _roi_crop(volume, options.roi_lps)
     progress.stage("coarse", 0.0, 0.45 if has_fine else 0.85)
     t = time.perf_counter()
-    coarse, t_pre, resample_device = _run_stage(bundle, "coarse", search, device, bf16, overlap, options.batch_size,
+    coarse, t_pre, resample_device = run_stage(bundle, "coarse", search, device, bf16, overlap, options.batch_size,
                                                 progress, max_window, resample_device, warnings)
     timings["preprocess"] = t_pre
     timings["coarse"] = time.perf_counter() - t - t_pre
@@ -324,7 +209,7 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
         if rng is None:  # pragma: no cover - coarse grid lies inside the input by construction
             raise InputError("Internal geometry error: liver box outside the image.")
         box = crop_box(volume, *rng)
-        fine, t_pre, resample_device = _run_stage(bundle, "fine", box, device, bf16, overlap, options.batch_size,
+        fine, t_pre, resample_device = run_stage(bundle, "fine", box, device, bf16, overlap, options.batch_size,
                                                   progress, max_window, resample_device, warnings)
         timings["preprocess"] += t_pre
         timings["fine"] = time.perf_counter() - t - t_pre
@@ -357,7 +242,7 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
     except torch.cuda.OutOfMemoryError:
         if resample_device is None:
             raise
-        _free_gpu()
+        free_gpu()
         if GPU_RESAMPLE_OOM not in warnings:
             warnings.append(GPU_RESAMPLE_OOM)
         out = resample_labels_to_reference(label, volume, smooth=True)
