@@ -14,9 +14,10 @@
 3. Post-processing (``postprocess.postprocess``, or ``postprocess_lesions``
    for lesion-only bundles: speck removal only) at the fine (or coarse)
    resolution.
-4. The uint8 labels are pasted back onto the input's exact grid by
-   nearest-neighbour resampling through physical space (oblique, flipped and
-   RAS inputs work); no full-resolution float array is ever allocated.
+4. The uint8 labels are pasted back onto the input's exact grid through
+   physical space (oblique, flipped and RAS inputs work): each nested region
+   is interpolated linearly and cut at 0.5, so boundaries are smooth at the
+   native resolution; only the labels' box is resampled, in bounded slabs.
 5. Statistics on the final labelmap.
 
 Resampling (steps 1, 2 and the smooth paste-back of 4) is SimpleITK's on the CPU,
