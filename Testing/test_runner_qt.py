@@ -6,7 +6,9 @@ main loop would. The worker is started through a ``PythonSlicer``-like launcher
 that runs the real worker as a child process. MRML is real (slicer-core).
 Covered: a run that finishes and imports segments + statistics, Cancel (the
 "cancelled" outcome, and the whole process tree killed), a crashing worker
-(readable message), and the temp folder removed in every case.
+(readable message), and the temp folder removed in every case; the kept worker
+(``worker.py --serve``, ``worker_host.py``): reused by the next Apply, stopped
+by Cancel, leaves when idle, restarted after either.
 """
 from __future__ import annotations
 
@@ -208,3 +210,126 @@ def test_unknown_model_fails_at_start_without_leftovers(qt_app, scene, tmp_path)
     with pytest.raises(BundleError, match="no-such-model-xyz"):
         run.start()
     assert run.process is None and run.temp_dir is None and rec.finished is None
+
+
+# ------------------------------------------------------------------ kept worker (worker.py --serve)
+@pytest.fixture
+def kept():
+    from LiverCTSegmentationLib.slicerui import worker_host
+
+    yield worker_host
+    worker_host.stop_all()
+    worker_host._HOSTS.clear()
+
+
+def make_kept_run(scene, tmp_path, rec: Recorder, launcher: str, model: str) -> BackgroundSegmentation:
+    run = BackgroundSegmentation(
+        LiverCTSegmentationLogic(), add_ct(scene), model=model, device="cpu",
+        onProgress=rec.on_progress, onWarning=rec.warnings.append, onFinished=rec.on_finished,
+        python=sys.executable, script=launcher, keepWorker=True)
+    run.POLL_MS = 20
+    return run
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_kept_worker_serves_the_next_apply_without_restarting(qt_app, scene, tmp_path, box_bundle, kept):
+    launcher = slicer_fakes.write_launcher(tmp_path, WORKER_SCRIPT)
+    pids, temp_dirs = [], []
+    for _ in range(2):
+        rec = Recorder()
+        run = make_kept_run(scene, tmp_path, rec, launcher, str(box_bundle.path))
+        run.start()
+        temp_dirs.append(run.temp_dir)
+        pump(qt_app, lambda: rec.finished is not None)
+        seg, stats, error = rec.finished
+        assert error is None and stats["liver_ml"] > 0
+        segmentation = seg.GetSegmentation()
+        got = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentation.GetSegmentIdBySegmentName("Liver"),
+                                                         run.inputVolumeNode)
+        want = pipeline.segment(mrml_convert.volume_from_node(run.inputVolumeNode), box_bundle,
+                                pipeline.SegmentOptions(device="cpu")).labelmap.array == 1
+        np.testing.assert_array_equal(got > 0, want)
+        host = kept.host_for(sys.executable, launcher)
+        assert host.alive, "the worker must stay up after its job"
+        pids.append(host.pid())
+    assert pids[0] == pids[1], "the second Apply must reuse the running worker"
+    assert not any(os.path.exists(d) for d in temp_dirs), "each run's temp folder is removed"
+    control = host.control_dir
+    kept.stop_all()
+    assert not host.alive and not os.path.exists(control)
+
+
+def test_cancel_stops_the_kept_worker_and_the_next_apply_starts_a_new_one(qt_app, scene, tmp_path, box_bundle, kept):
+    hang = slicer_fakes.write_script(tmp_path, "serve_then_hang.py", """
+        import json, sys, time
+        print("LIVERCT " + json.dumps({"event": "progress", "fraction": 0.1, "stage": "coarse"}), flush=True)
+        time.sleep(600)
+        """)
+    launcher = slicer_fakes.write_launcher(tmp_path, hang)
+    rec = Recorder()
+    run = make_kept_run(scene, tmp_path, rec, launcher, str(box_bundle.path))
+    run.start()
+    pump(qt_app, lambda: any(e.kind == "progress" for e in run.events))
+    host = kept.host_for(sys.executable, launcher)
+    child = launcher_child_pid(run)
+    assert _alive(child)
+    run.cancel()
+    assert rec.finished[2] == BackgroundSegmentation.CANCELLED_MESSAGE
+    assert not host.alive and not _alive(child), "Cancel kills the kept worker and its child"
+    assert host.control_dir is None
+
+    # The next Apply (real worker now) starts a fresh kept worker and finishes.
+    (tmp_path / "real").mkdir()
+    real = slicer_fakes.write_launcher(tmp_path / "real", WORKER_SCRIPT)
+    rec2 = Recorder()
+    run2 = make_kept_run(scene, tmp_path, rec2, real, str(box_bundle.path))
+    run2.start()
+    pump(qt_app, lambda: rec2.finished is not None)
+    assert rec2.finished[2] is None and kept.host_for(sys.executable, real).alive
+
+
+def test_kept_worker_leaves_when_idle_and_is_restarted(qt_app, scene, tmp_path, box_bundle, kept):
+    launcher = slicer_fakes.write_launcher(tmp_path, WORKER_SCRIPT)
+    host = kept.WorkerHost(sys.executable, launcher, idle_seconds=1.0)
+    kept._HOSTS[(sys.executable, launcher)] = host
+    rec = Recorder()
+    run = make_kept_run(scene, tmp_path, rec, launcher, str(box_bundle.path))
+    run.start()
+    pump(qt_app, lambda: rec.finished is not None)
+    first = host.pid()
+    pump(qt_app, lambda: not host.alive, timeout=30)  # idle for 1 s: the worker ends by itself
+    rec2 = Recorder()
+    run2 = make_kept_run(scene, tmp_path, rec2, launcher, str(box_bundle.path))
+    run2.start()
+    pump(qt_app, lambda: rec2.finished is not None)
+    assert rec2.finished[2] is None and host.pid() != first
+
+
+def test_a_failed_job_is_reported_and_the_kept_worker_serves_the_next(qt_app, scene, tmp_path, box_bundle, kept):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a usable CUDA GPU (the failing job asks for one)")
+    launcher = slicer_fakes.write_launcher(tmp_path, WORKER_SCRIPT)
+    rec = Recorder()
+    run = make_kept_run(scene, tmp_path, rec, launcher, str(box_bundle.path))
+    run.device = "cuda"
+    run.start()
+    pump(qt_app, lambda: rec.finished is not None)
+    assert rec.finished[0] is None and "CUDA GPU was requested" in rec.finished[2]
+    host = kept.host_for(sys.executable, launcher)
+    assert host.alive, "a user-actionable error must not cost the loaded worker"
+    first = host.pid()
+    rec2 = Recorder()
+    run2 = make_kept_run(scene, tmp_path, rec2, launcher, str(box_bundle.path))
+    run2.start()
+    pump(qt_app, lambda: rec2.finished is not None)
+    assert rec2.finished[2] is None and host.pid() == first

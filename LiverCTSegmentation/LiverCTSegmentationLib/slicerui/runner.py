@@ -299,7 +299,7 @@ class BackgroundSegmentation:
                  onProgress: Optional[Callable[[float, str], None]] = None,
                  onWarning: Optional[Callable[[str], None]] = None,
                  onFinished: Optional[Callable[[Any, Any, Optional[str]], None]] = None,
-                 python: Optional[str] = None, script: str = WORKER_SCRIPT) -> None:
+                 python: Optional[str] = None, script: str = WORKER_SCRIPT, keepWorker: bool = False) -> None:
         from .stages import MonotonicProgress
 
         self.logic = logic
@@ -317,6 +317,8 @@ class BackgroundSegmentation:
         self.timer = None
         self.temp_dir: Optional[str] = None
         self._finished = False
+        self.keepWorker = keepWorker
+        self._host = None  # worker_host.WorkerHost when the worker is kept between runs
 
     # ------------------------------------------------------------------ control
     def start(self) -> None:
@@ -337,11 +339,21 @@ class BackgroundSegmentation:
         except Exception:
             self.cleanup()
             raise
-        cmd = WorkerProtocol.command(str(in_path), os.path.join(self.temp_dir, "out"), model, self.device,
-                                     self.fast, roi_lps, python=self.python, script=self.script)
-        self.process = qt.QProcess()
-        self.process.setProcessChannelMode(qt.QProcess.SeparateChannels)
-        self.process.start(cmd[0], cmd[1:])
+        out_dir = os.path.join(self.temp_dir, "out")
+        if self.keepWorker:
+            from .worker_host import host_for
+
+            self._host = host_for(self.python, self.script)
+            job = {"input": str(in_path), "output_dir": out_dir, "model": model, "device": self.device,
+                   "fast": bool(self.fast), "roi_lps": [float(v) for v in (*roi_lps[0], *roi_lps[1])] if roi_lps
+                   else None, "threads": None}
+            self.process = self._host.submit(job)
+        else:
+            cmd = WorkerProtocol.command(str(in_path), out_dir, model, self.device, self.fast, roi_lps,
+                                         python=self.python, script=self.script)
+            self.process = qt.QProcess()
+            self.process.setProcessChannelMode(qt.QProcess.SeparateChannels)
+            self.process.start(cmd[0], cmd[1:])
         self.timer = qt.QTimer()
         self.timer.setInterval(self.POLL_MS)
         self.timer.connect("timeout()", self._poll)
@@ -352,7 +364,9 @@ class BackgroundSegmentation:
         """Kill the worker and its children (Cancel button); reports ``CANCELLED_MESSAGE`` through onFinished."""
         if self._finished:
             return
-        if self.process is not None:
+        if self._host is not None:
+            self._host.stop()  # the next Apply starts a fresh worker
+        elif self.process is not None:
             kill_process_tree(self._pid())
             self.process.kill()  # no-op if already gone; covers a pid we could not read
             self.process.waitForFinished(5000)
@@ -389,14 +403,21 @@ class BackgroundSegmentation:
         if self._finished or self.process is None:
             return
         self._read()
-        if self.process.state() != qt.QProcess.NotRunning:
+        # A kept worker stays alive: its job ends with a done or error event.
+        ended = next((e for e in reversed(self.events) if e.kind in ("done", "error")), None)
+        running = self.process.state() != qt.QProcess.NotRunning
+        if running and (self._host is None or ended is None):
             return
-        self._read()
-        self.events.extend(self.protocol.flush())
+        if not running:
+            self._read()
+            self.events.extend(self.protocol.flush())
         done = next((e for e in reversed(self.events) if e.kind == "done"), None)
         if done is None:
             stderr = bytes(self.process.readAllStandardError().data()).decode("utf-8", errors="replace")
-            self._finish(None, None, WorkerProtocol.failure_message(self.process.exitCode(), stderr, self.events))
+            code = self.process.exitCode() if not running else 2
+            if self._host is not None and (not running or (ended and ended.data.get("code") == "bug")):
+                self._host.stop()  # died, or hit a bug: start clean next time
+            self._finish(None, None, WorkerProtocol.failure_message(code, stderr, self.events))
             return
         try:
             from ..engine import io

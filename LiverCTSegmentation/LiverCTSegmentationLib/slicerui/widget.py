@@ -71,6 +71,9 @@ class LiverCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     def cleanup(self) -> None:
         if self._run is not None and self._run.running:
             self._run.cancel()
+        from .worker_host import stop_all
+
+        stop_all()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -190,7 +193,8 @@ class LiverCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self._run = BackgroundSegmentation(
                 self.logic, p.inputVolume, p.outputSegmentation, model=p.model, device=p.device, fast=p.fast,
                 roi=p.roi, perLesionSegments=p.perLesionSegments, tableNode=None,
-                onProgress=self.onProgress, onWarning=self.onWarning, onFinished=self.onFinished)
+                onProgress=self.onProgress, onWarning=self.onWarning, onFinished=self.onFinished,
+                keepWorker=True)  # the worker stays loaded between Applies (worker_host.py)
             try:
                 self._run.start()
             except LiverSegError as e:
