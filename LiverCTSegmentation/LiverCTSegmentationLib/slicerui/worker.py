@@ -73,10 +73,12 @@ def main(argv=None) -> int:
 
 
 def _cached_bundle(model: str, bundles: dict):
-    """The bundle for ``model``, loaded once per worker (a kept worker reuses its networks on the GPU)."""
+    """The bundle for ``model``, loaded once per worker (a kept worker reuses its networks on the GPU).
+    Only the last model used is kept, so switching models does not pile them up in memory."""
     from LiverCTSegmentationLib.slicerui.modelchoice import load_bundle
 
     if model not in bundles:
+        bundles.clear()
         bundles[model] = load_bundle(model or None)
     return bundles[model]
 
