@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     sums_in_memory = [sum(row[i] for row in stage_rows if row[0] not in ("read", "write")) for i in cols]
     compute, in_memory = sums[-1], sums_in_memory[-1]
     stage_rows.append(["sum of stages"] + sums)
-    stage_rows.append(["sum without read/write (in-memory, as in Slicer)"] + sums_in_memory)
+    stage_rows.append(["sum without read/write (volume in memory, e.g. Slicer console)"] + sums_in_memory)
     pad = [""] * (len(runs) - 1)
     stage_rows.append([f"process wall (incl. python/torch start, {len(results)} case(s))", m_ours.wall_s] + pad)
     stage_rows.append(["python + torch + package import alone", startup.wall_s] + pad)
