@@ -5,8 +5,9 @@ check the whole stream (ITK does not notice every truncation). Here the file
 is inflated once, in Python, checking the gzip trailer (CRC-32 and length):
 
 - with 4 or more usable cores and ``rapidgzip`` installed, in parallel, straight
-  into the volume's array (0.15 s instead of 0.49 s with ISA-L for a 512x512x300
-  CT on a 16-core GPU host; on 2 cores it is slower than ISA-L, 0.36 vs 0.31 s);
+  into the volume's array (``bench/bench_io.py``, 512x512x300 CT: 0.17 s against
+  0.64 s with ISA-L on a 16-core GPU host; on 2 cores no faster than ISA-L,
+  0.36-0.54 s against 0.35-0.37 s);
 - otherwise with ISA-L (``isal``) in one call. Inflating with Python's zlib is no
   faster than ITK's read with the stream check beside it (0.59-0.77 s vs
   0.55-0.72 s, ``bench/bench_io.py``), so without either library this returns
