@@ -333,3 +333,23 @@ def test_a_failed_job_is_reported_and_the_kept_worker_serves_the_next(qt_app, sc
     run2.start()
     pump(qt_app, lambda: rec2.finished is not None)
     assert rec2.finished[2] is None and host.pid() == first
+
+
+def test_a_worker_near_its_idle_exit_is_replaced_not_reused(qt_app, scene, tmp_path, box_bundle, kept):
+    # A job dropped just as the worker leaves for idleness would be lost: such a worker is replaced.
+    launcher = slicer_fakes.write_launcher(tmp_path, WORKER_SCRIPT)
+    host = kept.WorkerHost(sys.executable, launcher, idle_seconds=4.0)
+    kept._HOSTS[(sys.executable, launcher)] = host
+    rec = Recorder()
+    run = make_kept_run(scene, tmp_path, rec, launcher, str(box_bundle.path))
+    run.start()
+    t0 = time.monotonic()  # after the job was handed over
+    pump(qt_app, lambda: rec.finished is not None)
+    first = host.pid()
+    time.sleep(max(0.0, kept.STALE_FRACTION * 4.0 + 0.1 - (time.monotonic() - t0)))
+    rec2 = Recorder()
+    run2 = make_kept_run(scene, tmp_path, rec2, launcher, str(box_bundle.path))
+    run2.start()
+    assert host.pid() != first
+    pump(qt_app, lambda: rec2.finished is not None)
+    assert rec2.finished[2] is None

@@ -20,6 +20,7 @@ from typing import Optional
 from .runner import find_python, kill_process_tree, make_temp_dir
 
 IDLE_SECONDS = 900.0
+STALE_FRACTION = 0.8  # a worker idle (or at least unused) this long is replaced rather than reused
 
 
 class WorkerHost:
@@ -28,6 +29,7 @@ class WorkerHost:
         self.process = None
         self.control_dir: Optional[str] = None
         self._jobs = 0
+        self._last_submit = 0.0
 
     @property
     def alive(self) -> bool:
@@ -39,8 +41,13 @@ class WorkerHost:
 
     def submit(self, job: dict):
         """Start the worker if needed, hand it ``job``; returns the QProcess whose stdout carries the events."""
+        import time
+
         import qt
 
+        if self.alive and time.monotonic() - self._last_submit > STALE_FRACTION * self.idle_seconds:
+            self.stop()  # it may be leaving for idleness right now: a job dropped then would be lost
+        self._last_submit = time.monotonic()
         if not self.alive:
             self.stop()
             self.control_dir = make_temp_dir()
