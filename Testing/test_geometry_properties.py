@@ -172,3 +172,22 @@ def test_pipeline_labelmap_aligns_with_input_grid(box_model, direction, sp, orig
     # linear resampling to 2 mm and back blurs the boundary by about one fine voxel plus one input voxel
     margin = 2.0 * np.sqrt(3) / 2 + max(sp) * np.sqrt(3) / 2 + 0.5
     _sphere_checks(res.labelmap.array, vol, centre, radius, margin)
+
+
+def test_subnormal_direction_cosines_found_by_hypothesis(box_model) -> None:
+    """Regression (found by the property test above): a rotation with 1e-323 entries made ITK's SVD fail
+    and the coarse resampling return nothing ("No liver found"). Such cosines are flushed to zero."""
+    from LiverCTSegmentationLib.engine import pipeline
+
+    direction = np.array([[-1.0, -1e-323, 0.0], [-1e-323, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    given_matrix = direction.copy()
+    sp = (1.2 + 1 / 3.0,) * 3
+    vol = _grid_around(np.zeros(3), (40, 36, 38), sp, direction)
+    np.testing.assert_array_equal(direction, given_matrix)  # the caller's matrix is left alone
+    assert vol.direction[0, 1] == 0.0 and vol.direction[1, 0] == 0.0
+    centre = direction @ np.array([6.0, -4.0, 3.0])
+    dist = np.linalg.norm(_centres(vol) - centre, axis=-1)
+    vol = vol.with_array(np.where(dist <= 16.0, 120, -1000).astype(np.int16))
+    res = pipeline.segment(vol, box_model, pipeline.SegmentOptions(device="cpu", overlap=0.25))
+    margin = 2.0 * np.sqrt(3) / 2 + max(sp) * np.sqrt(3) / 2 + 0.5
+    _sphere_checks(res.labelmap.array, vol, centre, 16.0, margin)

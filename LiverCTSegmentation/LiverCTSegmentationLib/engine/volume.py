@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+_TINY_COSINE = 1e-100  # far below any real direction's precision (float32 files: ~1e-8)
 
 
 @dataclass
@@ -31,7 +32,10 @@ class Volume:
     def __post_init__(self) -> None:
         self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
         self.origin = tuple(float(o) for o in self.origin)  # type: ignore[assignment]
-        self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        d = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        # Subnormal cosines (e.g. 1e-323 from a quaternion) make ITK's SVD of the direction fail
+        # ("suspicious return value from SVDC") and its resampling silently return nothing.
+        self.direction = np.where(np.abs(d) < _TINY_COSINE, 0.0, d)
 
     # ----------------------------------------------------------------- shape
     @property
