@@ -144,3 +144,11 @@ def cli_json(stdout: str) -> list[dict]:
     """The ``liverseg --json`` result list (stdout may hold nothing else)."""
     start = stdout.find("[")
     return json.loads(stdout[start:]) if start >= 0 else []
+
+
+def report(text: str, save: bool) -> None:
+    """Print a benchmark section; with ``save``, append it (timestamped) to bench/RESULTS.md."""
+    print(text)
+    if save:
+        with open(Path(__file__).parent / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write(f"\n\n<!-- {time.strftime('%Y-%m-%d %H:%M')} -->\n{text}\n")

@@ -102,11 +102,7 @@ def main(argv=None) -> int:
              "", "seconds from handing the job to the worker to its done event (the CT already written as raw "
              ".nrrd, as runner.py does):", "",
              C.table(rows, ["", "new worker per Apply", "kept worker", "speed-up"])]
-    text = "\n".join(lines)
-    print(text)
-    if args.save:
-        with open(Path(__file__).parent / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write(f"\n\n<!-- {time.strftime('%Y-%m-%d %H:%M')} -->\n{text}\n")
+    C.report("\n".join(lines), args.save)
     return 0
 
 

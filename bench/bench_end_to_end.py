@@ -208,11 +208,7 @@ def main(argv=None) -> int:
         verdict.append(f">= {TARGET_SPEEDUP:g}x faster than naive at >= Dice: "
                        f"{'PASS' if speed >= TARGET_SPEEDUP and d_ours[0] >= d_naive[0] - 1e-3 else 'FAIL'}")
     lines += ["", "targets" + (" (quick size: indicative only)" if args.quick else "") + ": " + "; ".join(verdict)]
-    text = "\n".join(lines)
-    print(text)
-    if args.save:
-        with open(Path(__file__).parent / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write(f"\n\n<!-- {time.strftime('%Y-%m-%d %H:%M')} -->\n{text}\n")
+    C.report("\n".join(lines), args.save)
     return 0
 
 

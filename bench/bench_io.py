@@ -188,11 +188,7 @@ def main(argv=None) -> int:
              C.table(hrows, ["Slicer Apply hand-over", "write s", "read s", "total s", "MB"])]
     if not has_isal:
         lines += ["", "isal is not installed: the two ISA-L fast-path rows are missing."]
-    text = "\n".join(lines)
-    print(text)
-    if args.save:
-        with open(Path(__file__).parent / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write(f"\n\n<!-- {time.strftime('%Y-%m-%d %H:%M')} -->\n{text}\n")
+    C.report("\n".join(lines), args.save)
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,11 +67,7 @@ def main(argv=None) -> int:
     lines += ["", f"marginal cost {n0}->{n1} slices: {(c1 - c0) / (v1 - v0):.3f} s / Mvoxel, "
                   f"{(r1 - r0) / (v1 - v0):.1f} MB / Mvoxel (input int16 alone is {2 * 1e6 / 2**20:.1f} MB / Mvoxel); "
                   f"time x{c1 / c0:.2f} for voxels x{v1 / v0:.2f}"]
-    text = "\n".join(lines)
-    print(text)
-    if args.save:
-        with open(Path(__file__).parent / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write(f"\n\n<!-- {time.strftime('%Y-%m-%d %H:%M')} -->\n{text}\n")
+    C.report("\n".join(lines), args.save)
     return 0
 
 

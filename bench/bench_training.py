@@ -125,11 +125,7 @@ def main(argv=None) -> int:
                          r["amp"], r["patches_per_s"], r["sec_per_step"], f"{m.peak_rss_mb:.0f}"])
     lines += ["", C.table(rows, ["preset", "stage", "network", "patch", "batch", "autocast", "patches/s", "s/step",
                                  "peak RSS MB"])]
-    text = "\n".join(lines)
-    print(text)
-    if args.save:
-        with open(Path(__file__).parent / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write(f"\n\n<!-- {time.strftime('%Y-%m-%d %H:%M')} -->\n{text}\n")
+    C.report("\n".join(lines), args.save)
     return 0
 
 
