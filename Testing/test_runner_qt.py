@@ -31,7 +31,7 @@ from LiverCTSegmentationLib.engine import pipeline  # noqa: E402
 from LiverCTSegmentationLib.engine.bundle import ModelBundle  # noqa: E402
 from LiverCTSegmentationLib.slicerui import mrml_convert  # noqa: E402
 from LiverCTSegmentationLib.slicerui.logic import TABLE_REFERENCE_ROLE, LiverCTSegmentationLogic  # noqa: E402
-from LiverCTSegmentationLib.slicerui.runner import WORKER_SCRIPT, BackgroundSegmentation  # noqa: E402
+from LiverCTSegmentationLib.slicerui.runner import WORKER_SCRIPT, BackgroundSegmentation, qprocess_pid  # noqa: E402
 from LiverCTSegmentationLib.slicerui.stages import STAGE_NAMES  # noqa: E402
 
 
@@ -144,7 +144,7 @@ def test_cancel_reports_cancelled_and_kills_the_process_tree(qt_app, scene, tmp_
     run.start()
     temp_dir = run.temp_dir
     pump(qt_app, lambda: any(s == "coarse" for _, s in rec.progress), timeout=60)
-    launcher_pid, child_pid = run._pid(), launcher_child_pid(run)
+    launcher_pid, child_pid = qprocess_pid(run.process), launcher_child_pid(run)
     try:
         assert launcher_pid and child_pid != launcher_pid
         run.cancel()
@@ -222,13 +222,24 @@ def kept():
     worker_host._HOSTS.clear()
 
 
-def make_kept_run(scene, tmp_path, rec: Recorder, launcher: str, model: str) -> BackgroundSegmentation:
+def kept_apply(qt_app, scene, launcher: str, model: str, device: str = "cpu", wait: bool = True):
+    """One Apply through the kept worker of ``launcher``; returns (run, recorder) once it finished."""
+    rec = Recorder()
     run = BackgroundSegmentation(
-        LiverCTSegmentationLogic(), add_ct(scene), model=model, device="cpu",
+        LiverCTSegmentationLogic(), add_ct(scene), model=model, device=device,
         onProgress=rec.on_progress, onWarning=rec.warnings.append, onFinished=rec.on_finished,
         python=sys.executable, script=launcher, keepWorker=True)
     run.POLL_MS = 20
-    return run
+    run.start()
+    if wait:
+        pump(qt_app, lambda: rec.finished is not None)
+    return run, rec
+
+
+def kept_host(kept, launcher: str, idle_seconds: float):
+    host = kept.WorkerHost(sys.executable, launcher, idle_seconds=idle_seconds)
+    kept._HOSTS[(sys.executable, launcher)] = host
+    return host
 
 
 def _alive(pid: int) -> bool:
@@ -244,9 +255,7 @@ def test_kept_worker_serves_the_next_apply_without_restarting(qt_app, scene, tmp
     launcher = slicer_fakes.write_launcher(tmp_path, WORKER_SCRIPT)
     pids, temp_dirs = [], []
     for _ in range(2):
-        rec = Recorder()
-        run = make_kept_run(scene, tmp_path, rec, launcher, str(box_bundle.path))
-        run.start()
+        run, rec = kept_apply(qt_app, scene, launcher, str(box_bundle.path), wait=False)
         temp_dirs.append(run.temp_dir)
         pump(qt_app, lambda: rec.finished is not None)
         seg, stats, error = rec.finished
@@ -274,9 +283,7 @@ def test_cancel_stops_the_kept_worker_and_the_next_apply_starts_a_new_one(qt_app
         time.sleep(600)
         """)
     launcher = slicer_fakes.write_launcher(tmp_path, hang)
-    rec = Recorder()
-    run = make_kept_run(scene, tmp_path, rec, launcher, str(box_bundle.path))
-    run.start()
+    run, rec = kept_apply(qt_app, scene, launcher, str(box_bundle.path), wait=False)
     pump(qt_app, lambda: any(e.kind == "progress" for e in run.events))
     host = kept.host_for(sys.executable, launcher)
     child = launcher_child_pid(run)
@@ -289,27 +296,17 @@ def test_cancel_stops_the_kept_worker_and_the_next_apply_starts_a_new_one(qt_app
     # The next Apply (real worker now) starts a fresh kept worker and finishes.
     (tmp_path / "real").mkdir()
     real = slicer_fakes.write_launcher(tmp_path / "real", WORKER_SCRIPT)
-    rec2 = Recorder()
-    run2 = make_kept_run(scene, tmp_path, rec2, real, str(box_bundle.path))
-    run2.start()
-    pump(qt_app, lambda: rec2.finished is not None)
+    _, rec2 = kept_apply(qt_app, scene, real, str(box_bundle.path))
     assert rec2.finished[2] is None and kept.host_for(sys.executable, real).alive
 
 
 def test_kept_worker_leaves_when_idle_and_is_restarted(qt_app, scene, tmp_path, box_bundle, kept):
     launcher = slicer_fakes.write_launcher(tmp_path, WORKER_SCRIPT)
-    host = kept.WorkerHost(sys.executable, launcher, idle_seconds=1.0)
-    kept._HOSTS[(sys.executable, launcher)] = host
-    rec = Recorder()
-    run = make_kept_run(scene, tmp_path, rec, launcher, str(box_bundle.path))
-    run.start()
-    pump(qt_app, lambda: rec.finished is not None)
+    host = kept_host(kept, launcher, idle_seconds=1.0)
+    kept_apply(qt_app, scene, launcher, str(box_bundle.path))
     first = host.pid()
     pump(qt_app, lambda: not host.alive, timeout=30)  # idle for 1 s: the worker ends by itself
-    rec2 = Recorder()
-    run2 = make_kept_run(scene, tmp_path, rec2, launcher, str(box_bundle.path))
-    run2.start()
-    pump(qt_app, lambda: rec2.finished is not None)
+    _, rec2 = kept_apply(qt_app, scene, launcher, str(box_bundle.path))
     assert rec2.finished[2] is None and host.pid() != first
 
 
@@ -319,37 +316,35 @@ def test_a_failed_job_is_reported_and_the_kept_worker_serves_the_next(qt_app, sc
     if torch.cuda.is_available():
         pytest.skip("needs a machine without a usable CUDA GPU (the failing job asks for one)")
     launcher = slicer_fakes.write_launcher(tmp_path, WORKER_SCRIPT)
-    rec = Recorder()
-    run = make_kept_run(scene, tmp_path, rec, launcher, str(box_bundle.path))
-    run.device = "cuda"
-    run.start()
-    pump(qt_app, lambda: rec.finished is not None)
+    _, rec = kept_apply(qt_app, scene, launcher, str(box_bundle.path), device="cuda")
     assert rec.finished[0] is None and "CUDA GPU was requested" in rec.finished[2]
     host = kept.host_for(sys.executable, launcher)
     assert host.alive, "a user-actionable error must not cost the loaded worker"
     first = host.pid()
-    rec2 = Recorder()
-    run2 = make_kept_run(scene, tmp_path, rec2, launcher, str(box_bundle.path))
-    run2.start()
-    pump(qt_app, lambda: rec2.finished is not None)
+    _, rec2 = kept_apply(qt_app, scene, launcher, str(box_bundle.path))
     assert rec2.finished[2] is None and host.pid() == first
 
 
 def test_a_worker_near_its_idle_exit_is_replaced_not_reused(qt_app, scene, tmp_path, box_bundle, kept):
     # A job dropped just as the worker leaves for idleness would be lost: such a worker is replaced.
     launcher = slicer_fakes.write_launcher(tmp_path, WORKER_SCRIPT)
-    host = kept.WorkerHost(sys.executable, launcher, idle_seconds=4.0)
-    kept._HOSTS[(sys.executable, launcher)] = host
-    rec = Recorder()
-    run = make_kept_run(scene, tmp_path, rec, launcher, str(box_bundle.path))
-    run.start()
-    t0 = time.monotonic()  # after the job was handed over
-    pump(qt_app, lambda: rec.finished is not None)
+    host = kept_host(kept, launcher, idle_seconds=4.0)
+    kept_apply(qt_app, scene, launcher, str(box_bundle.path))
     first = host.pid()
-    time.sleep(max(0.0, kept.STALE_FRACTION * 4.0 + 0.1 - (time.monotonic() - t0)))
-    rec2 = Recorder()
-    run2 = make_kept_run(scene, tmp_path, rec2, launcher, str(box_bundle.path))
-    run2.start()
+    time.sleep(kept.STALE_FRACTION * 4.0 + 0.1)  # measured from after the job: longer since its hand-over
+    run2, rec2 = kept_apply(qt_app, scene, launcher, str(box_bundle.path), wait=False)
     assert host.pid() != first
     pump(qt_app, lambda: rec2.finished is not None)
     assert rec2.finished[2] is None
+
+
+def test_kept_worker_holds_only_the_last_model(tmp_path, box_bundle):
+    from bundle_fixtures import make_box_bundle
+    from LiverCTSegmentationLib.slicerui import worker
+
+    other = make_box_bundle(tmp_path / "other", liver_hu=(70.0, 190.0))
+    bundles: dict = {}
+    first = worker._cached_bundle(str(box_bundle.path), bundles)
+    assert worker._cached_bundle(str(box_bundle.path), bundles) is first  # loaded once
+    worker._cached_bundle(str(other), bundles)
+    assert list(bundles) == [str(other)]

@@ -152,3 +152,19 @@ def report(text: str, save: bool) -> None:
     if save:
         with open(Path(__file__).parent / "RESULTS.md", "a", encoding="utf-8") as f:
             f.write(f"\n\n<!-- {time.strftime('%Y-%m-%d %H:%M')} -->\n{text}\n")
+
+
+def add_case_args(ap) -> None:
+    """--quick, --workdir and --save, shared by the benchmarks that run on the phantom CT."""
+    ap.add_argument("--quick", action="store_true", help=f"{QUICK_SHAPE[::-1]} voxels instead of 512x512x300")
+    ap.add_argument("--workdir", default="/tmp/liverct-bench")
+    ap.add_argument("--save", action="store_true", help="append the output to bench/RESULTS.md")
+
+
+def case_from_args(args) -> tuple[Path, tuple, tuple, Path, Path]:
+    """(workdir, shape_kji, spacing, CT file, truth file) for ``add_case_args``' options."""
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    shape, spacing = (QUICK_SHAPE, QUICK_SPACING) if args.quick else (FULL_SHAPE, FULL_SPACING)
+    ct, truth = write_phantom(work, shape, spacing)
+    return work, shape, spacing, ct, truth

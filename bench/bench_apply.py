@@ -76,17 +76,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--applies", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help=f"{C.QUICK_SHAPE[::-1]} voxels instead of 512x512x300")
-    ap.add_argument("--workdir", default="/tmp/liverct-bench")
-    ap.add_argument("--save", action="store_true", help="append the output to bench/RESULTS.md")
+    C.add_case_args(ap)
     args = ap.parse_args(argv)
 
     from LiverCTSegmentationLib.engine import io
 
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    shape, spacing = (C.QUICK_SHAPE, C.QUICK_SPACING) if args.quick else (C.FULL_SHAPE, C.FULL_SPACING)
-    ct, _ = C.write_phantom(work, shape, spacing)
+    work, shape, spacing, ct, _ = C.case_from_args(args)
     handover = io.write_volume(io.read_volume(ct), work / "apply_input.nrrd", overwrite=True, compress=False)
     model, note = C.resolve_bundle(None, work)
     env = C.child_env(args.threads)

@@ -134,25 +134,20 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="bundle folder/name (default: models.resolve_model(None))")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help=f"{C.QUICK_SHAPE[::-1]} voxels instead of 512x512x300")
     ap.add_argument("--fast", action="store_true", help="liverseg --fast (overlap 0.25) for both variants")
     ap.add_argument("--repeat", type=int, default=1,
                     help="segment the CT this many times in one liverseg process; the first case is reported as "
                          "cold (CUDA/cuDNN start-up included), the last as warm")
     ap.add_argument("--no-baseline", action="store_true", help="skip the naive baseline")
-    ap.add_argument("--workdir", default="/tmp/liverct-bench")
-    ap.add_argument("--save", action="store_true", help="append the output to bench/RESULTS.md")
     ap.add_argument("--naive-worker", nargs=3, metavar=("CT", "MODEL", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--overlap", type=float, default=0.5, help=argparse.SUPPRESS)
+    C.add_case_args(ap)
     args = ap.parse_args(argv)
     if args.naive_worker:
         naive_worker(*args.naive_worker, device=args.device, threads=args.threads, overlap=args.overlap)
         return 0
 
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    shape, spacing = (C.QUICK_SHAPE, C.QUICK_SPACING) if args.quick else (C.FULL_SHAPE, C.FULL_SPACING)
-    ct, truth = C.write_phantom(work, shape, spacing)
+    work, shape, spacing, ct, truth = C.case_from_args(args)
     model, note = C.resolve_bundle(args.model, work)
     lines = [f"## End to end: {'x'.join(map(str, shape[::-1]))} voxels at {spacing} mm"
              f"{' (QUICK)' if args.quick else ''}, device {args.device}",

@@ -96,9 +96,7 @@ def _median_s(fn, repeat: int) -> tuple[float, object]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help=f"{C.QUICK_SHAPE[::-1]} voxels instead of 512x512x300")
-    ap.add_argument("--workdir", default="/tmp/liverct-bench")
-    ap.add_argument("--save", action="store_true", help="append the output to bench/RESULTS.md")
+    C.add_case_args(ap)
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -106,10 +104,7 @@ def main(argv=None) -> int:
 
     from LiverCTSegmentationLib.engine import io, segfile
 
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    shape, spacing = (C.QUICK_SHAPE, C.QUICK_SPACING) if args.quick else (C.FULL_SHAPE, C.FULL_SPACING)
-    ct, truth = C.write_phantom(work, shape, spacing)
+    work, shape, spacing, ct, truth = C.case_from_args(args)
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(ct)))
     io.read_volume(ct)  # imports and page cache warm for every variant alike
 

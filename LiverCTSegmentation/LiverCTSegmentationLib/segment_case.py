@@ -3,8 +3,8 @@ segmentation, lesion CSV, overlay and statistics JSON (each atomically)."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional

@@ -62,15 +62,15 @@ def _readinto_full(f: Any, buf: memoryview) -> int:
     return n
 
 
-def inflate_parallel(p: Path, offset: int, arr: np.ndarray) -> int:
-    """Inflate gzip file ``p`` on all usable cores: bytes ``offset..`` fill ``arr``, the rest is checked.
+def inflate_parallel(rg: Any, p: Path, offset: int, arr: np.ndarray) -> int:
+    """Inflate gzip file ``p`` with rapidgzip (``rg``) on all usable cores: bytes ``offset..``
+    fill ``arr``, the rest is checked.
 
     Returns the inflated length (all of it, so the caller can compare it with the header's).
     rapidgzip checks CRC-32 and length at the end; its errors become ``zlib.error``/``EOFError``.
     """
     from .device import usable_cores
 
-    rg = _rapidgzip()
     try:
         with rg.open(str(p), parallelization=usable_cores()) as f:
             n = _readinto_full(f, memoryview(bytearray(offset)))
@@ -120,7 +120,8 @@ def read_nii_gz(p: Path, hdr: Any, need: int) -> Optional[Volume]:
 
     from .io import _need
 
-    if (_isal() is None and _rapidgzip() is None) or not _eligible(hdr):
+    rg = _rapidgzip()  # None below PARALLEL_MIN_CORES or without rapidgzip: ISA-L, else ITK
+    if (rg is None and _isal() is None) or not _eligible(hdr):
         return None
     info = sitk.ImageFileReader()
     info.SetFileName(str(p))
@@ -136,10 +137,10 @@ def read_nii_gz(p: Path, hdr: Any, need: int) -> Optional[Volume]:
     if probe.GetPixelID() != info.GetPixelID():
         return None  # ITK would deliver another pixel type
     offset, count = int(hdr.get_data_offset()), int(np.prod(shape, dtype=np.int64))
-    if _rapidgzip() is not None:
+    if rg is not None:
         # NIfTI stores i fastest: C order (k, j, i), ITK's array order.
         arr = np.empty(shape[::-1], dtype=dtype)
-        _need(p, inflate_parallel(p, offset, arr), need)
+        _need(p, inflate_parallel(rg, p, offset, arr), need)
     else:
         # One-shot inflate: ISA-L's whole-buffer call is about twice as fast as streaming into the array.
         data = gunzip(p.read_bytes())

@@ -49,7 +49,7 @@ import numpy as np
 from .errors import InputError
 from .postprocess import lesions_only
 from .progress import Progress
-from .stage_pass import GPU_RESAMPLE_OOM, free_gpu, run_stage, torch_resampler
+from .stage_pass import GPU_RESAMPLE_OOM, itk_if_gpu_full, run_stage, torch_resampler
 from .volume import Volume
 
 __all__ = ["SegmentOptions", "SegmentationResult", "segment", "GPU_RESAMPLE_OOM", "FAST_OVERLAP"]
@@ -236,16 +236,7 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
     # ------------------------------------------------------ paste back
     progress.stage("resample", 0.97, 0.99)
     t = time.perf_counter()
-    import torch
-
-    try:
-        out = resample_labels_to_reference(label, volume, smooth=True, device=resample_device)
-    except torch.cuda.OutOfMemoryError:
-        if resample_device is None:
-            raise
-        free_gpu()
-        if GPU_RESAMPLE_OOM not in warnings:
-            warnings.append(GPU_RESAMPLE_OOM)
-        out = resample_labels_to_reference(label, volume, smooth=True)
+    out, _ = itk_if_gpu_full(lambda d: resample_labels_to_reference(label, volume, smooth=True, device=d),
+                             resample_device, warnings)
     timings["resample"] = time.perf_counter() - t
     return result(out)

@@ -8,7 +8,7 @@ network is a ``ResourceError`` that says what to do.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -27,19 +27,16 @@ def stage_array(vol: Volume, stage, device=None) -> tuple[Volume, np.ndarray]:
     orientation = getattr(stage, "orientation", "native")
     if device is None:
         rs = resample_to_spacing(vol, stage.spacing, "linear", default_value=low, orientation=orientation)
-        return rs, normalise(rs.array, stage.intensity)
-    import torch
+    else:
+        import torch
 
-    from .resample_torch import resample_linear
+        from .resample_torch import resample_linear
 
-    size, sp, origin, direction = target_grid(vol, stage.spacing, orientation)
-    src = torch.from_numpy(np.ascontiguousarray(vol.array)).to(device)
-    x = resample_linear(src, vol, size, sp, origin, direction, low)
-    del src
-    lo, hi = (float(v) for v in stage.intensity["clip"])
-    x = ((x.clamp_(lo, hi) - float(stage.intensity["mean"])) / float(stage.intensity["std"])).cpu().numpy()
-    # The grid's array is the normalised input too: callers take only its geometry (``with_array``).
-    return Volume(x, sp, origin, np.asarray(direction, float), metadata=dict(vol.metadata)), x
+        size, sp, origin, direction = target_grid(vol, stage.spacing, orientation)
+        src = torch.from_numpy(np.ascontiguousarray(vol.array)).to(device)
+        arr = resample_linear(src, vol, size, sp, origin, direction, low).cpu().numpy()
+        rs = Volume(arr, sp, origin, np.asarray(direction, float), metadata=dict(vol.metadata))
+    return rs, normalise(rs.array, stage.intensity)
 
 
 def torch_resampler(choice: str, device):
@@ -59,18 +56,19 @@ def free_gpu() -> None:
         torch.cuda.empty_cache()
 
 
-def stage_input(vol: Volume, stage, resample_device, warnings: list):
-    """((grid, input), resample device to keep using): on the GPU, or with ITK when there is
-    none or it runs out of memory (then ITK for the rest of the case, with a warning)."""
+def itk_if_gpu_full(run: Callable[[Any], Any], resample_device, warnings: list) -> tuple[Any, Any]:
+    """``(run(resample_device), resample_device)``; when that GPU runs out of memory,
+    ``(run(None), None)``: ITK for this and the rest of the case, with one warning."""
     if resample_device is not None:
         import torch
 
         try:
-            return stage_array(vol, stage, resample_device), resample_device
+            return run(resample_device), resample_device
         except torch.cuda.OutOfMemoryError:
             free_gpu()
-            warnings.append(GPU_RESAMPLE_OOM)
-    return stage_array(vol, stage), None
+            if GPU_RESAMPLE_OOM not in warnings:
+                warnings.append(GPU_RESAMPLE_OOM)
+    return run(None), None
 
 
 def run_stage(bundle, name: str, vol: Volume, device, bf16: bool, overlap: float, batch_size: int,
@@ -86,7 +84,8 @@ def run_stage(bundle, name: str, vol: Volume, device, bf16: bool, overlap: float
 
     st = bundle.stages[name]
     t0 = time.perf_counter()
-    (grid, x), resample_device = stage_input(vol, st, resample_device, warnings if warnings is not None else [])
+    (grid, x), resample_device = itk_if_gpu_full(lambda d: stage_array(vol, st, d), resample_device,
+                                                 warnings if warnings is not None else [])
     t_pre = time.perf_counter() - t0
     net = bundle.network(name, device)
     if not window_size_invariant(st.architecture):

@@ -133,6 +133,20 @@ def _wait_gone(psutil, procs: list, timeout: float) -> None:
             time.sleep(0.02)
 
 
+def qprocess_pid(process) -> Optional[int]:
+    try:
+        return int(process.processId())
+    except (AttributeError, TypeError, ValueError):  # very old Qt: no processId()
+        return None
+
+
+def kill_qprocess(process) -> None:
+    """Kill a ``qt.QProcess`` and everything it started; waits up to 5 s for it to end."""
+    kill_process_tree(qprocess_pid(process))
+    process.kill()  # no-op if already gone; covers a pid we could not read
+    process.waitForFinished(5000)
+
+
 @dataclass
 class WorkerEvent:
     kind: str  # progress | warning | done | error | log
@@ -367,9 +381,7 @@ class BackgroundSegmentation:
         if self._host is not None:
             self._host.stop()  # the next Apply starts a fresh worker
         elif self.process is not None:
-            kill_process_tree(self._pid())
-            self.process.kill()  # no-op if already gone; covers a pid we could not read
-            self.process.waitForFinished(5000)
+            kill_qprocess(self.process)
         self._finish(None, None, self.CANCELLED_MESSAGE)
 
     @property
@@ -377,12 +389,6 @@ class BackgroundSegmentation:
         return self.process is not None and not self._finished
 
     # ------------------------------------------------------------------ internals
-    def _pid(self) -> Optional[int]:
-        try:
-            return int(self.process.processId())
-        except (AttributeError, TypeError, ValueError):  # very old Qt: no processId()
-            return None
-
     def _read(self) -> list[WorkerEvent]:
         data = bytes(self.process.readAllStandardOutput().data())
         new = self.protocol.feed(data)

@@ -17,7 +17,7 @@ import os
 import shutil
 from typing import Optional
 
-from .runner import find_python, kill_process_tree, make_temp_dir
+from .runner import find_python, kill_qprocess, make_temp_dir, qprocess_pid
 
 IDLE_SECONDS = 900.0
 STALE_FRACTION = 0.8  # a worker idle (or at least unused) this long is replaced rather than reused
@@ -65,18 +65,13 @@ class WorkerHost:
         return self.process
 
     def pid(self) -> Optional[int]:
-        try:
-            return int(self.process.processId()) if self.process is not None else None
-        except (AttributeError, TypeError, ValueError):
-            return None
+        return qprocess_pid(self.process) if self.process is not None else None
 
     def stop(self) -> None:
         """Kill the worker (and its children) and remove its control folder. Never raises."""
         if self.process is not None:
             if self.alive:
-                kill_process_tree(self.pid())
-                self.process.kill()
-                self.process.waitForFinished(5000)
+                kill_qprocess(self.process)
             self.process = None
         if self.control_dir:
             shutil.rmtree(self.control_dir, ignore_errors=True)
