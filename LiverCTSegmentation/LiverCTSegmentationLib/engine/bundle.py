@@ -7,6 +7,12 @@ Safety rules (a bundle may come from the internet):
 - weights are safetensors (no code), or ``.pt`` read only with
   ``torch.load(weights_only=True)`` (refuses arbitrary pickled objects);
 - the state dict must match the declared architecture exactly (strict);
+  ``ModelBundle.load(..., check_weights=True)`` checks that for every stage up
+  front (a batch refuses a bad bundle before its first case), plain ``load``
+  stays torch-free (a resumed batch may never build a network);
+- values that cannot work (absurd patch sizes or spacings, no background
+  class, several input channels) and a window that cannot fit this machine's
+  memory are refused at load;
 - zip archives are extracted refusing absolute paths, ``..`` and symlinks.
 
 See docs/ARCHITECTURE.md for the ``model.json`` format.
@@ -31,6 +37,12 @@ from .errors import BundleError
 FORMAT_VERSION = 1
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 MAX_ZIP_BYTES = 4 * 1024**3
+# Limits on model.json values: far above any real model (patches of 96x128x128,
+# 512x512 slices, 1.5-6 mm), far below what would exhaust any machine.
+MAX_PATCH_AXIS = 512
+MAX_PATCH_VOXELS = 256 ** 3
+MODEL_SPACING_MM = (0.05, 20.0)  # the plausible range of an input CT (checks.py)
+MAX_NETWORK_CHANNELS = 2048
 
 
 # ------------------------------------------------------------------ helpers
@@ -133,9 +145,13 @@ def validate_description(desc: Any, require_weights: bool = True) -> None:
                 f"Model {where} uses unknown network '{arch['name']}' (known: {', '.join(ARCHITECTURES)}). "
                 "Update LiverCTSegmentation or use a model made for this version."
             )
+        _check_architecture(arch, where)
         spacing = _vec3(st["spacing"], where, "spacing")
-        del spacing
+        if not all(MODEL_SPACING_MM[0] <= v <= MODEL_SPACING_MM[1] for v in spacing):
+            raise _fail(where, f"'spacing' {list(spacing)} mm is outside {MODEL_SPACING_MM[0]}-"
+                               f"{MODEL_SPACING_MM[1]} mm (units in m or um?): fix model.json.")
         patch = _vec3(st["patch_size"], where, "patch_size", integer=True)
+        _check_patch_size(arch, patch, where)
         div = required_divisor(arch)
         if arch["name"] == "unet2d":
             if patch[0] != 1:
@@ -163,6 +179,8 @@ def validate_description(desc: Any, require_weights: bool = True) -> None:
         for v in c2l:
             if isinstance(v, bool) or not isinstance(v, int) or (v != 0 and v not in seen):
                 raise _fail(where, f"class_to_label value {v!r} is neither 0 nor a declared label value.")
+        if 0 not in c2l:  # every voxel would get a label: the whole image would be "liver"
+            raise _fail(where, f"class_to_label {c2l} maps no network output to 0 (background).")
         if "margin_mm" in st and (not isinstance(st["margin_mm"], (int, float)) or st["margin_mm"] < 0):
             raise _fail(where, "'margin_mm' must be a non-negative number.")
         if require_weights:
@@ -175,6 +193,77 @@ def validate_description(desc: Any, require_weights: bool = True) -> None:
             h = st["sha256"]
             if not isinstance(h, str) or len(h) != 64 or any(ch not in "0123456789abcdef" for ch in h.lower()):
                 raise _fail(where, "'sha256' must be 64 hexadecimal characters.")
+
+
+def _check_architecture(arch: dict, where: str) -> None:
+    """Values the engine cannot run: it feeds one CT channel and needs background + a class."""
+    if arch.get("in_channels", 1) != 1:
+        raise _fail(where, f"the network takes {arch.get('in_channels')} input channels; the engine feeds "
+                           "one input channel (the CT).")
+    out = arch["out_channels"]
+    if isinstance(out, bool) or not isinstance(out, int) or not 2 <= out <= 255:
+        raise _fail(where, f"'out_channels' must be an integer of at least 2 (background and one class), "
+                           f"got {out!r}.")
+    if "channels" in arch:
+        ch = arch["channels"]
+        if (not isinstance(ch, list) or not 1 <= len(ch) <= 8
+                or not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= MAX_NETWORK_CHANNELS
+                           for c in ch)):
+            raise _fail(where, f"network 'channels' must be 1 to 8 integers in 1..{MAX_NETWORK_CHANNELS}, "
+                               f"got {ch!r}.")
+
+
+def window_bytes(arch: dict, patch: tuple) -> int:
+    """Lower-bound memory (bytes) of one network window of ``patch`` voxels (k, j, i)."""
+    from .networks import activation_bytes_per_voxel
+
+    return int(math.prod(patch) * activation_bytes_per_voxel(arch))
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n < 1e11 else f"{n / 1e9:,.0f} GB"
+
+
+def _check_patch_size(arch: dict, patch: tuple, where: str) -> None:
+    if max(patch) <= MAX_PATCH_AXIS and math.prod(patch) <= MAX_PATCH_VOXELS:
+        return
+    raise BundleError(
+        f"model.json asks for patch size {'x'.join(map(str, patch))} in {where}, which needs "
+        f"~{_gb(window_bytes(arch, patch))} per window: this bundle is unusable (this version runs patches of at "
+        f"most {MAX_PATCH_AXIS} voxels per axis and {round(MAX_PATCH_VOXELS ** (1 / 3))}^3 in total): fix "
+        "model.json."
+    )
+
+
+def check_window_memory(stages: dict, available_bytes: Optional[int] = None,
+                        total_bytes: Optional[int] = None) -> None:
+    """Refuse a bundle whose smallest window (one training patch) cannot fit in memory.
+
+    BundleError when it exceeds the machine's physical memory (the bundle can never run
+    here), ResourceError when only the memory free right now is too small.
+    """
+    if available_bytes is None or total_bytes is None:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        available_bytes = vm.available if available_bytes is None else available_bytes
+        total_bytes = vm.total if total_bytes is None else total_bytes
+    from .errors import ResourceError
+
+    for st in stages.values():
+        need = window_bytes(st.architecture, st.patch_size)
+        size = "x".join(map(str, st.patch_size))
+        if need > total_bytes:
+            raise BundleError(
+                f"model.json asks for patch size {size} in stage '{st.name}', which needs ~{_gb(need)} per "
+                f"window; this computer has {_gb(total_bytes)} of memory, so this bundle is unusable on this "
+                "machine: fix model.json (a smaller patch_size) or use a computer with more memory."
+            )
+        if need > available_bytes:
+            raise ResourceError(
+                f"Stage '{st.name}' of the model needs ~{_gb(need)} of memory per window (patch size {size}) "
+                f"but only {_gb(available_bytes)} is free. Close other programs and retry."
+            )
 
 
 # -------------------------------------------------------------- data types
@@ -247,8 +336,10 @@ class ModelBundle:
         return [s for s in ("coarse", "fine") if s in self.stages]
 
     @classmethod
-    def load(cls, folder: os.PathLike, verify: bool = True) -> "ModelBundle":
-        """Read and validate ``folder/model.json``; verify every weights file's SHA256."""
+    def load(cls, folder: os.PathLike, verify: bool = True, check_weights: bool = False) -> "ModelBundle":
+        """Read and validate ``folder/model.json``; verify every weights file's SHA256 and that a
+        window fits in memory. ``check_weights``: also parse every stage's weights and match them
+        to its architecture (imports torch; see ``check_weights``)."""
         folder = Path(folder)
         mj = folder / "model.json"
         if not folder.is_dir():
@@ -269,7 +360,22 @@ class ModelBundle:
                 )
             if verify:
                 _check_hash(st, sha256_file(st.weights_path))
-        return cls(path=folder, description=desc, stages=stages)
+        check_window_memory(stages)
+        bundle = cls(path=folder, description=desc, stages=stages)
+        if check_weights:
+            bundle.check_weights()
+        return bundle
+
+    def check_weights(self) -> None:
+        """Parse every stage's weights safely and match them to its architecture (BundleError naming
+        the first mismatching tensor). Builds the networks on torch's meta device: no memory, no cache."""
+        import torch
+
+        for name, st in self.stages.items():
+            state = load_state_dict(st)
+            with torch.device("meta"):
+                net = _build(st.architecture)
+            _check_state(net.state_dict(), state, f"stage '{name}' of model '{self.name}'")
 
     def network(self, stage: str, device: Any = "cpu"):
         """The stage's network in eval mode with verified weights (cached per device)."""
@@ -313,11 +419,13 @@ def load_state_dict(st: StageSpec) -> dict:
             state = st_load(data)
         else:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad bundle
+    except Exception:  # noqa: BLE001 - any parse failure is a bad bundle
+        # ``from None``: torch's message advises weights_only=False, i.e. running the code; never show it.
         raise BundleError(
-            f"Weights of stage '{st.name}' could not be loaded safely ({type(exc).__name__}: {str(exc)[:200]}). "
-            "Only plain tensors are accepted (safetensors, or .pt holding a state dict). Use a trusted model."
-        ) from exc
+            f"Weights file '{st.weights_path.name}' of stage '{st.name}' is not a plain weights file (it contains "
+            "Python code or objects, or is damaged); it was refused without running. Use a bundle from a "
+            "trusted source."
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -325,25 +433,31 @@ def load_state_dict(st: StageSpec) -> dict:
     return state
 
 
-def _build_and_load(arch: dict, state: dict, what: str):
+def _build(arch: dict):
     from .networks import build_network
 
-    net = build_network(arch)
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    if missing or extra:
-        raise BundleError(
-            f"The weights of {what} do not match its architecture: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} unexpected (e.g. {extra[:3]}). "
-            "The model description and weights belong to different models; re-download the model."
-        )
+    return build_network(arch)
+
+
+def _check_state(expected: dict, state: dict, what: str) -> None:
+    """BundleError naming the first tensor (in the network's order) that is missing or mis-shaped."""
+    hint = "The model description and weights belong to different models; re-download the model."
     for k, v in expected.items():
+        if k not in state:
+            raise BundleError(f"The weights of {what} do not match its architecture: tensor '{k}' is missing "
+                              f"({len(set(expected) - set(state))} missing in all). {hint}")
         if tuple(state[k].shape) != tuple(v.shape):
-            raise BundleError(
-                f"The weights of {what} do not match its architecture: '{k}' has shape "
-                f"{tuple(state[k].shape)}, expected {tuple(v.shape)}. Re-download the model."
-            )
+            raise BundleError(f"The weights of {what} do not match its architecture: '{k}' has shape "
+                              f"{tuple(state[k].shape)}, expected {tuple(v.shape)}. {hint}")
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise BundleError(f"The weights of {what} do not match its architecture: unexpected tensor '{extra[0]}' "
+                          f"({len(extra)} unexpected in all). {hint}")
+
+
+def _build_and_load(arch: dict, state: dict, what: str):
+    net = _build(arch)
+    _check_state(net.state_dict(), state, what)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # pragma: no cover - dtype oddities

@@ -234,6 +234,30 @@ def spatial_dims(arch: dict) -> int:
     return 2 if arch.get("name") == "unet2d" else 3
 
 
+def activation_bytes_per_voxel(arch: dict) -> float:
+    """Float32 activation bytes per input voxel of one window: a lower-bound estimate (no torch).
+
+    Counts two live feature maps (conv and norm output; ReLU is in place) per conv
+    block, the concatenated skip at each level (1/8 of the voxels per level down in
+    3D, 1/4 in 2D), plus the input and the logits. It stays below measured peaks
+    (see ``inference.SINGLE_WINDOW_VOXELS``: 368 MB estimated vs 442 MB measured for
+    a [8, 16, 32, 64] stem-2 network at 128^3), so a refusal based on it is no false alarm.
+    """
+    in_ch, out_ch = int(arch.get("in_channels", 1)), int(arch.get("out_channels", 2))
+    if arch.get("name") == "threshold_net":
+        return 4.0 * (in_ch + 2 + out_ch)
+    shrink = 2 ** spatial_dims(arch)
+    channels = [int(c) for c in arch.get("channels", [32, 64, 128])]
+    seq = channels + [int(arch.get("middle_channels") or channels[-1])]
+    body = sum(2.0 * (seq[lvl] + seq[lvl + 1]) / shrink ** lvl for lvl in range(len(channels)))
+    full = float(in_ch + out_ch)
+    if arch.get("name") == "reduced_unet3d" and int(arch.get("stem_stride", 1)) == 2:
+        r = int(arch.get("refine_channels") or max(4, channels[0] // 2))
+        full += 2.0 * (channels[0] + 2 * r)  # [upsampled body, full-res features] -> refine
+        body /= shrink
+    return 4.0 * (full + body)
+
+
 def count_parameters(net: "nn.Module") -> int:
     return sum(p.numel() for p in net.parameters())
 
