@@ -40,3 +40,22 @@ class Cancelled(LiverSegError):
     """The user cancelled the run."""
 
     code = "cancelled"
+
+
+# torch reports a failed CPU allocation as a plain RuntimeError whose text (c10 alloc_cpu.cpp) says
+# "DefaultCPUAllocator: can't allocate memory" (Linux/macOS) or "... not enough memory" (Windows).
+_CPU_OOM_TEXTS = ("can't allocate memory", "not enough memory")
+
+
+def is_cpu_out_of_memory(exc: BaseException) -> bool:
+    """True for a host-memory allocation failure: MemoryError or torch's allocator RuntimeError.
+
+    A CUDA out-of-memory error is not one: it has its own message (stage_pass.run_stage).
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    if not isinstance(exc, RuntimeError) or type(exc).__name__ == "OutOfMemoryError":
+        return False
+    text = str(exc)
+    return any(t in text for t in _CPU_OOM_TEXTS)
+

@@ -18,7 +18,9 @@
    physical space (oblique, flipped and RAS inputs work): each nested region
    is interpolated linearly and cut at 0.5, so boundaries are smooth at the
    native resolution; only the labels' box is resampled, in bounded slabs.
-5. Statistics on the final labelmap.
+5. Statistics on the final labelmap, and (organ bundles) ``plausibility``
+   warnings when the result does not look like a liver (volume, scan edge,
+   side, HU, the coarse network's mean liver probability).
 
 Resampling (steps 1, 2 and the smooth paste-back of 4) is SimpleITK's on the CPU,
 as in training; on a CUDA GPU it runs there (``resample_torch``, the same
@@ -46,7 +48,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, ResourceError, is_cpu_out_of_memory
 from .postprocess import lesions_only
 from .progress import Progress
 from .stage_pass import GPU_RESAMPLE_OOM, itk_if_gpu_full, run_stage, torch_resampler
@@ -131,12 +133,28 @@ def _roi_crop(volume: Volume, roi_lps) -> Volume:
 
 def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
             progress: Optional[Progress] = None) -> SegmentationResult:
-    """Segment liver (and tumours) of ``volume``; the labelmap is on ``volume``'s exact grid."""
+    """Segment liver (and tumours) of ``volume``; the labelmap is on ``volume``'s exact grid.
+
+    Running out of host memory anywhere (torch's allocator or numpy) is a ResourceError saying what to do.
+    """
+    progress = progress or Progress()
+    try:
+        return _segment(volume, bundle, options, progress)
+    except (MemoryError, RuntimeError) as e:
+        if not is_cpu_out_of_memory(e):
+            raise
+        step = getattr(progress, "_stage", "") or "segmentation"
+        raise ResourceError(
+            f"The computer ran out of memory during the {step} step. Close other programs, use fewer threads, "
+            "or crop the CT to the abdomen (or draw a region of interest around the liver), then retry."
+        ) from e
+
+
+def _segment(volume: Volume, bundle, options: Optional[SegmentOptions], progress: Progress) -> SegmentationResult:
     from .device import choose_device, setup_threads, use_bf16
     from .preprocess import crop_box, physical_box_to_index_range, resample_labels_to_reference, voxel_box_corners
 
     options = options or SegmentOptions()
-    progress = progress or Progress()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     warnings: list[str] = []
@@ -159,6 +177,8 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
     has_fine = "fine" in bundle.stages
     lesion_bundle = lesions_only(bundle.description)
     target = _target_name(bundle)
+    coarse_fg: list = []  # organ bundles: the coarse pass's non-background probability map
+    liver_probability: list = []  # its mean inside the coarse liver (the plausibility check's input)
 
     def result(label: Volume) -> SegmentationResult:
         progress.stage("statistics", 0.99, 1.0)
@@ -170,6 +190,10 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
             stats = _lesion_statistics(label, bundle) if lesion_bundle else compute_statistics(label)
         except ImportError:  # pragma: no cover
             warnings.append("Statistics are unavailable in this installation.")
+        if not lesion_bundle and label.array.any():  # an empty result has its "No liver found" already
+            from .plausibility import plausibility_warnings
+
+            warnings.extend(plausibility_warnings(volume, label, liver_probability[0] if liver_probability else None))
         timings["statistics"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         progress.report(1.0, "done")
@@ -180,11 +204,14 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
     progress.stage("coarse", 0.0, 0.45 if has_fine else 0.85)
     t = time.perf_counter()
     coarse, t_pre, resample_device = run_stage(bundle, "coarse", search, device, bf16, overlap, options.batch_size,
-                                                progress, max_window, resample_device, warnings)
+                                                progress, max_window, resample_device, warnings,
+                                                None if lesion_bundle else coarse_fg)
     timings["preprocess"] = t_pre
     timings["coarse"] = time.perf_counter() - t - t_pre
     # Lesion bundles: every component is a finding (the largest alone would drop all other lesions).
     liver = (coarse.array > 0) if lesion_bundle else _largest_component(coarse.array > 0)
+    if coarse_fg and liver.any():
+        liver_probability.append(float(coarse_fg.pop()[liver].mean()))
     if not liver.any():
         if lesion_bundle:
             warnings.append(f"No {target} found (or the region of interest misses it). The result is empty.")
