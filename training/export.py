@@ -68,11 +68,13 @@ def load_state_dict(path: str | Path) -> dict:
     """
     import torch
 
+    from .checkpoint import CheckpointError, read_weights_only
+
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for anything that is not plain tensors/containers
-        raise ExportError(f"{path} cannot be loaded as weights only ({str(e)[:200]}); "
-                          "export needs best_<stage>.pt state dicts") from e
+        obj = read_weights_only(path, "export needs the best_<stage>.pt state dicts that "
+                                      "`liverseg-train train` writes: retrain the stage to recreate it")
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
     if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in ("model", "state_dict", "model_state"):
             if isinstance(obj.get(key), Mapping):

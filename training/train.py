@@ -3,7 +3,7 @@
 Run dir layout (F1's export reads it):
   config.yaml          resolved config
   split.json           cases per split (train/val/test)
-  last_<stage>.pt      full training state (resume with --resume)
+  last_<stage>.pt      full training state (resume with --resume; checkpoint.py: weights_only=True)
   best_<stage>.pt      state dict only (torch.load(weights_only=True))
   history_<stage>.json per-epoch metrics; plots/*.png; mlruns/ (MLflow)
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from . import distributed as D
+from .checkpoint import atomic_save, load_checkpoint, restore, save_checkpoint
 from .config import ConfigError, load_config, save_config, trained_stages
-from .determinism import make_generator, rng_state, seed_everything, set_rng_state, worker_init_fn
+from .determinism import make_generator, rng_state, seed_everything, worker_init_fn
 from .sampling import PatchDataset, StageCase, label_lut
 
 STAGE_ORDER = ("coarse", "fine")
@@ -242,14 +242,6 @@ def _batch_generator(device, seed: int, rank: int, epoch: int, it: int):
 
 
 # --------------------------------------------------------------- checkpoints
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def weights_digest(model) -> str:
     """SHA256 over the state dict (key order): compares weights across ranks and runs."""
     import hashlib
@@ -287,7 +279,7 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
     last_path, best_path = run_dir / f"last_{stage_name}.pt", run_dir / f"best_{stage_name}.pt"
     ckpt = None
     if resume and last_path.exists():
-        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(last_path, stage_name)
         if ckpt.get("done") and (ckpt.get("stopped_early") or ckpt["epoch"] + 1 >= int(t["epochs"])):
             if info.is_main:
                 print(f"[{stage_name}] already finished (resume): skipping")
@@ -340,12 +332,7 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
 
     start_epoch, history, best, bad = 0, [], -1.0, 0
     if ckpt is not None:
-        D.unwrap(model).load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        restore(ckpt, last_path, D.unwrap(model), opt, sched, scaler)
         start_epoch, history, best, bad = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"], ckpt["bad_epochs"]
 
     patience = int(t.get("early_stopping_patience", 0) or 0)
@@ -384,7 +371,7 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
         stop = D.broadcast_flag(patience > 0 and bad >= patience, info)
         if info.is_main:
             if improved:
-                _atomic_torch_save(_cpu_state(model), best_path)
+                atomic_save(_cpu_state(model), best_path)
                 if example is not None and cfg["output"].get("plots", True):
                     img, pred, truth, cid = example
                     plot_overlay(img, pred, truth, run_dir / "plots" / f"overlay_{stage_name}.png",
@@ -392,7 +379,7 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
             state = {"model": _cpu_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict() if scaler else None, "rng": rng_state(), "epoch": epoch,
                      "history": history, "best": best, "bad_epochs": bad, "stage": stage_name, "done": False}
-            _atomic_torch_save(state, last_path)
+            save_checkpoint(state, last_path)
             tracker.log_metrics({f"{stage_name}.{k}": v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
             (run_dir / f"history_{stage_name}.json").write_text(json.dumps(history, indent=1))
             msg = " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
@@ -408,9 +395,9 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
                "sec_per_iter": float(np.mean([h["sec_per_iter"] for h in history])) if history else None,
                "weights_sha256": weights_digest(model), "rank": info.rank, "world_size": info.world_size}
     if info.is_main:
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(last_path, stage_name)
         state.update(done=True, stopped_early=stopped_early, summary=summary)
-        _atomic_torch_save(state, last_path)
+        save_checkpoint(state, last_path)
         if cfg["output"].get("plots", True) and history:
             p = plot_curves(history, run_dir / "plots" / f"curves_{stage_name}.png", title=stage_name)
             tracker.log_artifact(p, "plots")
