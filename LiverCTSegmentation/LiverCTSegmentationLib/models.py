@@ -251,19 +251,39 @@ def _extract_zip_atomically(zip_path: Path, final: Path, expected_name: Optional
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _registered_folder(name: str, manifest: ManifestArg) -> Optional[Path]:
+    """The bundled/installed folder of registry model ``name`` (None if ``name`` is not a bare model name
+    or no such model is registered); a listed but absent model gives its would-be bundled folder."""
+    if not _NAME_RE.match(name) or name in (".", ".."):
+        return None
+    for folder in (MODELS_RESOURCE_DIR / name, user_models_dir() / name):
+        if _is_bundle(folder):
+            return folder
+    return MODELS_RESOURCE_DIR / name if _entry(name, manifest) is not None else None
+
+
 def resolve_model(name_or_path: Union[str, os.PathLike, None] = None, manifest: ManifestArg = None) -> Path:
     """Bundle folder for a folder path, a ``.zip`` path, or a model name (None = default).
 
     A zip is extracted once into ``user_models_dir()/.unpacked/<stem>-<sha>``.
     Names are looked up bundled first, then installed. Raises ``BundleError``
-    naming the available models when nothing matches.
+    naming the available models when nothing matches. A bare name that is also
+    a folder here: that folder if it holds a bundle, else ``BundleError`` naming
+    the ambiguity. The default (None) is always looked up as a name.
     """
     if name_or_path is None:
-        name_or_path = default_model_name(manifest)
+        return _resolve_name(default_model_name(manifest), manifest)
     p = Path(name_or_path).expanduser()
     if p.is_dir():
         found = _bundle_in(p)
         if found is None:
+            registered = _registered_folder(str(name_or_path), manifest)
+            if registered is not None:
+                raise BundleError(
+                    f"'{name_or_path}' is ambiguous: it names a registered model and also a folder here that "
+                    f"holds no model.json. Give './{name_or_path}' for the folder (it needs a model.json), or "
+                    f"'{registered}' for the registered model."
+                )
             raise BundleError(f"'{p}' is not a model bundle (no model.json). Pick the folder holding model.json.")
         return found
     if p.is_file():
@@ -273,7 +293,19 @@ def resolve_model(name_or_path: Union[str, os.PathLike, None] = None, manifest: 
         if not _is_bundle(target):
             _extract_zip_atomically(p, target)
         return target
-    name = str(name_or_path)
+    return _resolve_name(str(name_or_path), manifest)
+
+
+def resolve_model_arg(arg: Optional[str], manifest: ManifestArg = None) -> Path:
+    """The bundle folder for a ``--model`` value as typed (None or "" = the default model).
+
+    The raw text matters: ``liverct-real`` is a name (ambiguous if a folder of that name
+    without model.json is here), ``./liverct-real`` is a folder. See ``resolve_model``.
+    """
+    return resolve_model(arg or None, manifest)
+
+
+def _resolve_name(name: str, manifest: ManifestArg) -> Path:
     if _NAME_RE.match(name):
         for folder in (MODELS_RESOURCE_DIR / name, user_models_dir() / name):
             if _is_bundle(folder):
@@ -424,5 +456,6 @@ __all__ = [
     "user_models_dir",
     "list_models",
     "resolve_model",
+    "resolve_model_arg",
     "download_model",
 ]
