@@ -218,12 +218,9 @@ def _main(argv: list) -> int:
     from .engine.bundle import ModelBundle
 
     try:
-        if args.model and Path(args.model).is_dir():
-            model_dir = Path(args.model)  # a bundle folder needs no registry
-        else:
-            from . import models
+        from . import models
 
-            model_dir = models.resolve_model(args.model) if args.model else models.default_bundle_dir()
+        model_dir = models.resolve_model_arg(args.model)  # folder, .zip or name; names an ambiguity
         bundle = ModelBundle.load(Path(model_dir))
     except LiverSegError as err:
         _err(f"model: {err}")
