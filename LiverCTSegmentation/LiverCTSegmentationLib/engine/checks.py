@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .errors import InputError, ResourceError
-from .volume import Volume
+from .volume import Volume, is_orthonormal, shear_degrees
 
 MIN_VOXELS_PER_AXIS = 8
 MIN_SPACING_MM, MAX_SPACING_MM = 0.05, 20.0
@@ -79,6 +79,8 @@ def check_volume(vol: Volume, max_bytes: int | None = None, available_bytes: int
     d = vol.direction
     if not np.isfinite(d).all() or abs(abs(np.linalg.det(d)) - 1.0) > 1e-2:
         raise InputError(f"{name} has an invalid orientation matrix (not a rotation); fix the header.")
+    if not is_orthonormal(d):
+        raise InputError(sheared_grid_message(name, d))
     if not np.isfinite(np.asarray(vol.origin)).all():
         raise InputError(f"{name} has an invalid origin {vol.origin}; fix the header.")
 
@@ -132,6 +134,17 @@ def check_volume(vol: Volume, max_bytes: int | None = None, available_bytes: int
     if edge.mean() > 0.3:
         warnings.append("The body touches the image border: the field of view is partial and may cut the liver.")
     return warnings
+
+
+def sheared_grid_message(name: str, direction: np.ndarray) -> str:
+    """Why a sheared grid is refused: every writer of the result would move it (ITK's NIfTI writer
+    orthogonalises the matrix), so the labelmap could not lie on the CT."""
+    angle = 90.0 - shear_degrees(direction)
+    return (f"{name} has a sheared voxel grid: its axes meet at {angle:.1f}° instead of 90° (the direction "
+            "matrix is not a rotation), so a segmentation saved on it would be misplaced. Resample it onto an "
+            "orthogonal grid first: a sheared CT usually comes from a gantry-tilted DICOM series, which 3D "
+            "Slicer's DICOM import (acquisition geometry regularization: harden transform) or dcm2niix converts "
+            "to an orthogonal grid.")
 
 
 def _check_hounsfield(name: str, arr: np.ndarray, sub: np.ndarray) -> None:

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from .dicom_slices import check_in_plane, check_left_out
 from .errors import InputError, OutputError
+from .itk_quiet import quiet_itk
 from .volume import Volume
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -26,14 +28,15 @@ def _find_series(folder: Path) -> list[tuple[Path, str, list[str]]]:
 
     found = []
     base_depth = len(folder.parts)
-    for root, dirs, _files in os.walk(folder):
-        if len(Path(root).parts) - base_depth >= _MAX_DEPTH:
-            dirs[:] = []
-        dirs.sort()
-        for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(root) or ():
-            names = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(root, sid))
-            if names:
-                found.append((Path(root), sid, names))
+    with quiet_itk():
+        for root, dirs, _files in os.walk(folder):
+            if len(Path(root).parts) - base_depth >= _MAX_DEPTH:
+                dirs[:] = []
+            dirs.sort()
+            for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(root) or ():
+                names = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(root, sid))
+                if names:
+                    found.append((Path(root), sid, names))
     return found
 
 
@@ -74,7 +77,8 @@ def _verify_geometry(folder: Path, names: list[str], headers: list[Any]) -> list
                 f"'{Path(names[bad[0]]).name}'), so it is not one 3D volume. Separate the slices or re-export the series."
             )
     normal = np.cross(iop[0, :3], iop[0, 3:])
-    pos = np.array([[float(x) for x in h.ImagePositionPatient] for h in headers]) @ normal
+    ipp = np.array([[float(x) for x in h.ImagePositionPatient] for h in headers])
+    pos = ipp @ normal
     order = np.argsort(pos, kind="stable")
     pos = pos[order]
     names = [names[i] for i in order]
@@ -95,6 +99,7 @@ def _verify_geometry(folder: Path, names: list[str], headers: list[Any]) -> list
             f"'{Path(names[i]).name}'" + (f" (about {missing} slice(s) missing)" if missing else "") +
             ". Re-export or re-copy the complete series."
         )
+    check_in_plane(folder, names, ipp[order], normal, float(ps[0].min()))
     return names
 
 
@@ -116,6 +121,7 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
     if others:
         warnings.append(f"'{folder}' holds {len(series)} DICOM series; using the largest ({len(names)} slices, "
                         f"series {sid}) and ignoring {len(others)} other(s).")
+    check_left_out(where, sid, [n for d, _s, ns in series if d == where for n in ns])
     headers = _headers(names)
     names = _verify_geometry(where, names, headers)
     modality = str(getattr(headers[0], "Modality", "") or "")
@@ -124,7 +130,8 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     try:
-        img = reader.Execute()
+        with quiet_itk():  # slice spacing and geometry were checked above, in our words
+            img = reader.Execute()
     except RuntimeError as e:
         raise InputError(f"The DICOM series in '{where}' cannot be decoded ({str(e).strip().splitlines()[-1][:200]}). "
                          "It may use an unsupported compression; re-export it uncompressed.") from e

@@ -119,6 +119,7 @@ def read_nii_gz(p: Path, hdr: Any, need: int) -> Optional[Volume]:
     import SimpleITK as sitk
 
     from .io import _need
+    from .itk_quiet import quiet_itk
 
     rg = _rapidgzip()  # None below PARALLEL_MIN_CORES or without rapidgzip: ISA-L, else ITK
     if (rg is None and _isal() is None) or not _eligible(hdr):
@@ -126,7 +127,8 @@ def read_nii_gz(p: Path, hdr: Any, need: int) -> Optional[Volume]:
     info = sitk.ImageFileReader()
     info.SetFileName(str(p))
     try:
-        info.ReadImageInformation()
+        with quiet_itk():  # io's own header checks report what ITK would warn about
+            info.ReadImageInformation()
     except RuntimeError:
         return None  # ITK's full read produces the specific message
     shape = tuple(int(s) for s in hdr.get_data_shape())
