@@ -20,7 +20,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .errors import InputError, OutputError
-from .volume import Volume
+from .itk_quiet import quiet_itk
+from .volume import Volume, is_orthonormal
 
 READ_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -62,6 +63,11 @@ def read_volume(path: str | os.PathLike) -> Volume:
     # (decompressing a .nii.gz to its end to catch truncation) runs in a thread beside ITK's read:
     # zlib and ITK both release the GIL, so the file is checked at no extra wall time.
     deferred = _validated(p, lambda: _VALIDATORS[suffix](p))
+    if isinstance(deferred, _Nifti2):
+        from .nifti2 import read_nifti2
+
+        nifti2 = deferred
+        return _validated(p, lambda: read_nifti2(p, nifti2.header, nifti2.need))
     if isinstance(deferred, _GzNifti):
         from .nifti_gz import read_nii_gz
 
@@ -75,7 +81,8 @@ def read_volume(path: str | os.PathLike) -> Volume:
     with ThreadPoolExecutor(1) if deferred else nullcontext() as pool:
         pending = pool.submit(_validated, p, deferred) if pool else None
         try:
-            img, itk_error = sitk.ReadImage(str(p)), None
+            with quiet_itk():  # the conditions behind ITK's warnings are checked above, in our words
+                img, itk_error = sitk.ReadImage(str(p)), None
         except RuntimeError as e:
             img, itk_error = None, e
         if pending is not None:
@@ -143,10 +150,29 @@ def _need(p: Path, have: int, need: int) -> None:
         )
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+_NIFTI_SIZEOF_HDR = {348, 540}  # NIfTI-1, NIfTI-2
+
+
+def _check_nifti_compression(p: Path) -> None:
+    """A gzip stream named .nii (or a plain NIfTI named .nii.gz) is read by its name, and fails as 'not NIfTI'."""
+    with open(p, "rb") as fh:
+        head = fh.read(4)
+    gz = p.name.lower().endswith(".gz")
+    if not gz and head[:2] == _GZIP_MAGIC:
+        raise InputError(f"'{p}' is gzip-compressed although its name ends in .nii: rename it to "
+                         f"'{p.name}.gz' and read it again.")
+    if gz and len(head) == 4 and head[:2] != _GZIP_MAGIC and \
+            _NIFTI_SIZEOF_HDR & {int.from_bytes(head, "little"), int.from_bytes(head, "big")}:
+        raise InputError(f"'{p}' is an uncompressed NIfTI file although its name ends in .gz: rename it to "
+                         f"'{p.name[:-3]}' and read it again.")
+
+
 def _check_nifti(p: Path) -> Optional[Callable[[], None]]:
     """Header checks now; for .nii.gz returns the full-stream check to run beside the read."""
     import nibabel as nib
 
+    _check_nifti_compression(p)
     try:
         hdr = nib.load(str(p)).header
     except Exception as e:  # nibabel raises many types for bad headers
@@ -165,8 +191,13 @@ def _check_nifti(p: Path) -> Optional[Callable[[], None]]:
             f"'{p}' declares invalid voxel spacing {tuple(float(v) for v in pixdim)} mm in its NIfTI header "
             "(pixdim must be positive numbers). Fix the header or re-export the image from the scanner or PACS."
         )
+    _check_sform(p, raw)
     # The raw header's offset: the one nibabel's load() returns is reset to 0 for writing.
     need = int(raw.get_data_offset()) + int(np.prod(raw.get_data_shape(), dtype=np.int64)) * raw.get_data_dtype().itemsize
+    if isinstance(raw, nib.Nifti2Header):
+        if not p.name.lower().endswith(".gz"):
+            _need(p, p.stat().st_size, need)
+        return _Nifti2(p, raw, need)
     if not p.name.lower().endswith(".gz"):
         _need(p, p.stat().st_size, need)
         return None
@@ -174,6 +205,28 @@ def _check_nifti(p: Path) -> Optional[Callable[[], None]]:
     # refuse it before ITK allocates the declared size.
     _need(p, p.stat().st_size * _DEFLATE_MAX_RATIO, need)
     return _GzNifti(p, raw, need)
+
+
+def _check_sform(p: Path, raw: Any) -> None:
+    """Refuse a sheared sform: ITK then places the image by its qform, sform-based tools by the sform,
+    so no result could lie on the image in both."""
+    if int(raw["sform_code"]) <= 0:
+        return
+    m = np.asarray(raw.get_sform(), dtype=float)[:3, :3]
+    norms = np.linalg.norm(m, axis=0)
+    if np.all(norms > 0) and np.isfinite(m).all() and not is_orthonormal(m / norms):
+        from .checks import sheared_grid_message
+
+        raise InputError(sheared_grid_message(f"'{p}' (its NIfTI sform)", m))
+
+
+@dataclass(frozen=True)
+class _Nifti2:
+    """A NIfTI-2 file that passed the header checks; read by ``nifti2.read_nifti2``."""
+
+    path: Path
+    header: Any
+    need: int
 
 
 @dataclass(frozen=True)
@@ -274,6 +327,7 @@ def _check_meta(p: Path) -> None:
                 fields[k.strip()] = v.strip()
         if "DimSize" not in fields or "ElementType" not in fields:
             raise InputError(f"'{p}' is not a valid MetaImage file (no DimSize/ElementType). Check the file type.")
+        _check_meta_geometry(p, fields)
         dims = [int(s) for s in fields["DimSize"].split()]
         comps = int(fields.get("ElementNumberOfChannels", "1"))
         nbytes = _MHA_BYTES.get(fields["ElementType"])
@@ -296,6 +350,30 @@ def _check_meta(p: Path) -> None:
         fh.seek(offset)
         have = _drain_zlib(fh) if compressed else target.stat().st_size - offset
     _need(p, have, need)
+
+
+# MetaImage geometry keys and how many numbers each holds for an N-dimensional image.
+_META_GEOMETRY = {"DimSize": 1, "ElementSpacing": 1, "Offset": 1, "Origin": 1, "Position": 1,
+                  "TransformMatrix": 2, "Rotation": 2, "Orientation": 2}
+
+
+def _check_meta_geometry(p: Path, fields: dict[str, str]) -> None:
+    """Each geometry field must match NDims; ITK's own error for a mismatch is a bare '0 0 0'."""
+    try:
+        ndims = int(fields.get("NDims", str(len(fields["DimSize"].split()))))
+    except ValueError as e:
+        raise InputError(f"'{p}' has an invalid NDims line ({fields.get('NDims')!r}). Fix the MetaImage header.") from e
+    for key, power in _META_GEOMETRY.items():
+        if key not in fields:
+            continue
+        n, want = len(fields[key].split()), ndims ** power
+        if n != want:
+            shape, example = "one per axis", ""
+            if power == 2:
+                identity = " ".join("1" if i % (ndims + 1) == 0 else "0" for i in range(want))
+                shape, example = f"a {ndims}x{ndims} direction matrix", f" (axis-aligned: '{key} = {identity}')"
+            raise InputError(f"'{p}' is a {ndims}D MetaImage but its {key} has {n} values; it needs {want} "
+                             f"({shape}). Fix the {key} line of the header{example} or re-export the image.")
 
 
 # Each checks a file's structure before ITK reads it; one may return a slow check to run beside the read.
@@ -368,10 +446,19 @@ def write_volume(vol: Volume, path: str | os.PathLike, overwrite: bool = False, 
         raise OutputError(f"'{p.name}': use write_seg_nrrd for Slicer segmentation files.")
     if _suffix(p, WRITE_SUFFIXES) is None:
         raise OutputError(f"Unsupported output type '{p.name}'. Use .nii.gz, .nii, .nrrd or .mha.")
+    if _suffix(p, (".nii.gz", ".nii")) and not is_orthonormal(vol.direction):
+        # ITK's NIfTI writer orthogonalises the matrix: the saved image would be moved, not just re-labelled.
+        raise OutputError(f"Cannot write '{p.name}' as NIfTI: its voxel grid is sheared and NIfTI would store it "
+                          "moved. Write it as .nrrd or .mha, which keep the exact grid.")
     import SimpleITK as sitk
 
     img = vol.to_sitk()
-    return atomic_write(p, lambda tmp: sitk.WriteImage(img, str(tmp), bool(compress)), overwrite=overwrite)
+
+    def write(tmp: Path) -> None:
+        with quiet_itk():
+            sitk.WriteImage(img, str(tmp), bool(compress))
+
+    return atomic_write(p, write, overwrite=overwrite)
 
 
 def write_seg_nrrd(labelmap: Volume, labels: list[dict], path: str | os.PathLike, overwrite: bool = False) -> Path:
