@@ -45,7 +45,7 @@ def test_torchrun_two_ranks_identical_weights(tmp_path):
     assert r0["world_size"] == r1["world_size"] == 2 and {r0["rank"], r1["rank"]} == {0, 1}
     assert r0["weights_sha256"] == r1["weights_sha256"]
     # Rank 0 wrote the checkpoint, and it holds exactly the weights both ranks ended with.
-    state = torch.load(run / "last_coarse.pt", weights_only=False)
+    state = torch.load(run / "last_coarse.pt", weights_only=True)
     net = build_network(load_cfg_arch(run))
     net.load_state_dict(state["model"])
     assert weights_digest(net) == r0["weights_sha256"]

@@ -28,7 +28,7 @@ def _run(tmp_path, name, seed, workers: int = 0):
         "train.stages=[coarse]", "train.epochs=1", "train.iterations_per_epoch=3", f"train.num_workers={workers}",
         "output.mlflow=false", "output.plots=false"]
     train(load_config("phantom", ov))
-    state = torch.load(run / "last_coarse.pt", weights_only=False)
+    state = torch.load(run / "last_coarse.pt", weights_only=True)
     hist = [{k: v for k, v in h.items() if k != "sec_per_iter"} for h in json.loads((run / "history_coarse.json").read_text())]
     return state["model"], hist
 

@@ -44,7 +44,7 @@ def test_val_every_2_keeps_the_best_validated_weights(tmp_path, monkeypatch):
     assert [("val_dice" in h) for h in hist] == [False, True, False, True]
     assert len(seen) == 2
     best = torch.load(run / "best_coarse.pt", weights_only=True)
-    last = torch.load(run / "last_coarse.pt", weights_only=False)["model"]
+    last = torch.load(run / "last_coarse.pt", weights_only=True)["model"]
     floats = [k for k in best if best[k].is_floating_point()]
     assert all(torch.equal(best[k], seen[0][k]) for k in best), "best must be the epoch-2 (validated best) weights"
     assert any(not torch.equal(best[k], last[k]) for k in floats), "weights kept training after epoch 2"
@@ -55,6 +55,6 @@ def test_no_validation_cases_best_is_last(tmp_path):
     T.train(cfg)
     run = tmp_path / "run"
     best = torch.load(run / "best_coarse.pt", weights_only=True)
-    last = torch.load(run / "last_coarse.pt", weights_only=False)
+    last = torch.load(run / "last_coarse.pt", weights_only=True)
     assert last["epoch"] == 1 and all(torch.equal(best[k], last["model"][k]) for k in best)
     assert all("val_dice" not in h for h in json.loads((run / "history_coarse.json").read_text()))

@@ -127,7 +127,7 @@ def _train_coarse(cfg_path: Path, run: Path, seed: int) -> dict:
     cfg = load_config(str(cfg_path), [f"output.run_dir={run}", f"train.seed={seed}", "train.stages=[coarse]",
                                       "train.iterations_per_epoch=3"])
     train(cfg)
-    return torch.load(run / "last_coarse.pt", weights_only=False)["model"]
+    return torch.load(run / "last_coarse.pt", weights_only=True)["model"]
 
 
 def test_torch_backend_is_bit_reproducible_on_cpu(dataset, tmp_path):

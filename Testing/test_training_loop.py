@@ -168,7 +168,7 @@ def test_phantom_preset_trains_resumes_exports_and_segments(tmp_path):
         best = torch.load(run / f"best_{stage}.pt", weights_only=True)
         ref = build_network(cfg["stages"][stage]["architecture"]).state_dict()
         assert set(best) == set(ref) and all(best[k].shape == ref[k].shape for k in ref)
-        last = torch.load(run / f"last_{stage}.pt", weights_only=False)
+        last = torch.load(run / f"last_{stage}.pt", weights_only=True)
         assert {"model", "optimizer", "scheduler", "rng", "epoch"} <= set(last) and last["epoch"] == 1
         hist = json.loads((run / f"history_{stage}.json").read_text())
         assert [h["epoch"] for h in hist] == [1, 2]

@@ -82,7 +82,7 @@ def test_early_stopping_stops_at_patience(tmp_path, cache, monkeypatch):
     out = T.train(_coarse_cfg(tmp_path, cache, "train.epochs=6", "train.early_stopping_patience=2"))
     assert out["coarse"]["epochs_run"] == 3 and out["coarse"]["best_val_dice"] == 0.5
     assert [h["epoch"] for h in _history(tmp_path)] == [1, 2, 3]
-    last = torch.load(tmp_path / "run" / "last_coarse.pt", weights_only=False)
+    last = torch.load(tmp_path / "run" / "last_coarse.pt", weights_only=True)
     assert last["done"] and last["stopped_early"] and last["bad_epochs"] == 2
 
 
