@@ -191,3 +191,31 @@ def test_real_cts_pass(real_data_dir: Path) -> None:
     for f in files:
         warnings = check_volume(io.read_volume(f))
         assert all(isinstance(w, str) for w in warnings)
+
+
+def _mr_body(soft: float = 1250.0) -> Volume:
+    """T1-like MR of body_ct's anatomy: dark background, bright fat, soft tissue near ``soft``, dark bone."""
+    vol = body_ct()
+    hu = vol.array.astype(np.float32)
+    mr = np.where(hu < -500, 0.0, np.where(hu < -50, 1900.0, np.where(hu < 300, soft, 300.0)))
+    mr = mr + np.abs(np.random.default_rng(1).normal(0, 25, size=mr.shape))
+    return vol.with_array(mr.astype(np.int16))
+
+
+def test_mr_is_not_told_to_apply_a_rescale_intercept() -> None:
+    # Soft tissue at 1250 and background near 0 used to read as "raw CT without the intercept".
+    with pytest.raises(InputError, match="looks like MR") as err:
+        check(_mr_body())
+    assert "RescaleIntercept" not in str(err.value) and "Hounsfield" in str(err.value)
+
+
+def test_dicom_mr_series_is_refused_as_mr(tmp_path: Path) -> None:
+    from LiverCTSegmentationLib.engine.dicom import read_dicom_series, write_dicom_series
+
+    write_dicom_series(_mr_body(soft=1050.0), tmp_path / "mr", modality="MR")
+    with pytest.raises(InputError, match=r"MR series.*Modality 'MR'.*CT series") as err:
+        check(read_dicom_series(tmp_path / "mr"))
+    assert "RescaleIntercept" not in str(err.value)
+    vol = body_ct()
+    write_dicom_series(vol, tmp_path / "ct")
+    assert check(read_dicom_series(tmp_path / "ct")) == []

@@ -24,6 +24,9 @@ SAMPLE_VOXELS = 2_000_000
 SOFT_TISSUE_HU = (-150.0, 250.0)
 AIR_HU = (-1100.0, -800.0)
 MIN_BODY_ML = 100.0
+# DICOM modalities whose values are not Hounsfield units, as the message names them.
+NON_CT_MODALITIES = {"MR": "an MR", "PT": "a PET", "NM": "a nuclear medicine", "US": "an ultrasound"}
+RAW_CT_OFFSET = 1024  # the usual RescaleIntercept magnitude: raw CT stores air near 0
 
 
 def estimate_peak_bytes(shape_kji: tuple[int, ...]) -> int:
@@ -68,6 +71,10 @@ def check_volume(vol: Volume, max_bytes: int | None = None, available_bytes: int
                          f"{MIN_VOXELS_PER_AXIS} voxels per axis are needed. Is it a single slice or a thumbnail?")
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise InputError(f"{name} has pixel type {arr.dtype}, which is not a CT intensity type.")
+    modality = str(vol.metadata.get("modality") or "").upper()
+    if modality in NON_CT_MODALITIES:
+        raise InputError(f"{name} is {NON_CT_MODALITIES[modality]} series (DICOM Modality '{modality}'), not CT: "
+                         "this model segments CT in Hounsfield units only. Choose the patient's CT series.")
 
     # --- geometry
     sp = np.asarray(vol.spacing, dtype=float)
@@ -164,12 +171,26 @@ def _check_hounsfield(name: str, arr: np.ndarray, sub: np.ndarray) -> None:
                          f"-1000 (air) to +1000 (bone). The image looks normalised. {hint}")
     # Any abdominal CT, even one cropped inside the body, has fat (about -100 HU) or air (-1000 HU).
     if p_min > -50:
-        # Raw scanner values: air near 0 and soft tissue near 1024+40.
-        shifted = np.mean((valid >= 874) & (valid <= 1274)) > 0.1 and np.mean(valid < 200) > 0.01
-        extra = (" Its values look like raw CT without the rescale intercept (air at 0): apply "
-                 "RescaleIntercept (usually -1024).") if shifted else ""
-        raise InputError(f"{name} has no negative values (0.1th percentile {p_min:.0f}; CT air is about -1000 HU, "
-                         f"fat about -100 HU), so it does not look like CT in Hounsfield units (MR?).{extra} {hint}")
+        what = f"{name} has no negative values (0.1th percentile {p_min:.0f}; CT air is about -1000 HU, fat about " \
+               "-100 HU), so it does not look like CT in Hounsfield units."
+        if _looks_like_raw_ct(valid):
+            raise InputError(f"{what} Its values look like CT stored without its rescale intercept (air near 0, "
+                             "soft tissue near 1064): re-export it with RescaleIntercept applied (usually -1024).")
+        raise InputError(f"{what} It looks like MR or another non-CT image; this model needs CT in Hounsfield "
+                         "units. Choose the patient's CT series.")
     if p99 > 3500 or p_lo < -1400:
         raise InputError(f"{name} has intensities {p_lo:.0f}..{p_hi:.0f} (0.5-99.5th percentile), outside the CT "
                          f"Hounsfield range. {hint}")
+
+
+def _looks_like_raw_ct(valid: np.ndarray) -> bool:
+    """Raw CT (HU + 1024) has air near 0 and a body whose commonest value is fat or soft tissue
+    (-150..150 HU). MR also has a dark background, but its tissue values fall anywhere."""
+    hu = valid - RAW_CT_OFFSET
+    body = hu[hu > -800]
+    if np.mean(hu < -800) < 0.01 or body.size < 0.05 * hu.size:
+        return False
+    counts, edges = np.histogram(body, bins=np.arange(-800.0, 3001.0, 25.0))
+    mode = float(edges[int(np.argmax(counts))]) + 12.5
+    in_fat_or_soft = float(np.mean((body >= -200) & (body <= 300)))
+    return -150.0 <= mode <= 150.0 and in_fat_or_soft >= 0.5
