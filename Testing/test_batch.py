@@ -225,22 +225,39 @@ def test_resume_skips_and_redoes_changed_cases(tmp_path, inputs, loaded_bundle):
 
 
 def test_failure_while_writing_leaves_case_to_redo(tmp_path, inputs, loaded_bundle, monkeypatch):
-    from LiverCTSegmentationLib import overlay
+    """A case that fails after writing some outputs leaves none of them (issue 13 item 1)."""
+    from LiverCTSegmentationLib import segment_case as sc
 
     out = tmp_path / "out"
     opts = BatchOptions(device="cpu", overlay=True)
 
     def boom(*a, **k):
-        raise RuntimeError("simulated crash while drawing")
+        raise RuntimeError("simulated crash while writing the lesion table")
 
-    monkeypatch.setattr(overlay, "save_overlay_png", boom)
+    monkeypatch.setattr(sc, "write_csv_atomic", boom)  # after the labelmap and .seg.nrrd are written
     res = run_batch([inputs], out, opts, loaded_bundle)
     assert {r.status for r in res} == {"failed"}
     assert all(r.error_kind == "internal" and "simulated crash" in r.error for r in res)
     assert not list(out.rglob(".done.json")) and not temp_leftovers(out)
+    left = sorted(p.name for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert left == ["report.csv"], left
     monkeypatch.undo()
     res = run_batch([inputs], out, opts, loaded_bundle)
     assert {r.status for r in res} == {"ok"}
+
+
+def test_overlay_failure_is_a_note_not_a_failed_case(tmp_path, inputs, loaded_bundle, monkeypatch):
+    from LiverCTSegmentationLib import overlay
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated crash while drawing")
+
+    monkeypatch.setattr(overlay, "save_overlay_png", boom)
+    res = run_batch([inputs], tmp_path / "out", BatchOptions(device="cpu", overlay=True), loaded_bundle)
+    assert {r.status for r in res} == {"ok"}
+    assert all("overlay picture not written (RuntimeError: simulated crash" in " ".join(r.warnings) for r in res)
+    assert all("overlay" not in r.outputs for r in res)
+    assert len(list((tmp_path / "out").rglob(".done.json"))) == 2
 
 
 def test_cancel_event_stops_cleanly(tmp_path, inputs, loaded_bundle):
@@ -288,8 +305,12 @@ def test_live_lock_is_waited_for_and_foreign_host_lock_respected(tmp_path, input
 
     _write_lock(out / "béta case", 12345, "some-other-host")
     res = {r.case: r for r in run_batch([inputs], out, FAST, loaded_bundle, overwrite=True)}
-    assert res["béta case"].status == "skipped" and "another run" in res["béta case"].error
+    # Never "skipped (already done)": it never ran. The report has its true row (docs/guarantees.md).
+    assert res["béta case"].status == "locked" and not res["béta case"].ok
+    assert "locked by PID 12345 on some-other-host since" in res["béta case"].error
     assert (out / "béta case" / ".lock").exists()  # not ours: left alone
+    rows = {r["case"]: r for r in read_report(out / "report.csv")}
+    assert rows["béta case"]["status"] == "locked" and rows["alpha"]["status"] == "ok"
 
 
 # ------------------------------------------------------------------------- output
@@ -326,6 +347,6 @@ def test_disk_full_keeps_completed_cases_and_stops(tmp_path, inputs, loaded_bund
     res = {r.case: r for r in run_batch([inputs], out, FAST, loaded_bundle)}
     assert res["alpha"].status == "skipped"
     assert res["béta case"].status == "failed" and "disk is full" in res["béta case"].error
-    assert res["gamma"].status == "failed" and res["gamma"].error.startswith("not run")
+    assert res["gamma"].status == "not-run" and res["gamma"].error.startswith("not run")
     assert (out / "alpha" / ".done.json").read_bytes() == done_before
     assert not temp_leftovers(out)

@@ -30,7 +30,9 @@ Why it is safe to kill at any moment:
 
 Input fingerprint and manifest: see ``resume``. Concurrency: each case is claimed
 with a lock file (see ``locking``). A run that finds a case locked by a live process
-defers it and comes back to it at the end (then it is usually complete and skipped).
+defers it and comes back to it at the end, waiting at most ``BatchOptions.lock_wait`` seconds
+for a live holder on this host; a case still locked then (or locked from another host) is
+reported "locked", never "done". See docs/guarantees.md.
 ``report.csv`` is rebuilt from the per-case records after every case (see ``report``).
 """
 from __future__ import annotations
@@ -54,10 +56,11 @@ from .engine.progress import Progress
 from .locking import FOLDER_LOCK_NAME, LOCK_NAME, CaseLocked, claim_case, folder_mutex, release_case
 from .options import BatchOptions, output_paths
 from .report import REPORT_COLUMNS, collect_results, report_path, write_report
-from .results import OUTPUT_KEYS, RESULT_NAME, STAGES, CaseResult
+from .results import DONE_NAME, OUTPUT_KEYS, RESULT_NAME, STAGES, STATUSES, CaseResult
 from .resume import (
-    DONE_NAME, MANIFEST_VERSION, check_done, done_manifest, input_fingerprint, model_identity, sha256_file,
+    MANIFEST_VERSION, check_done, done_manifest, input_fingerprint, model_identity, sha256_file,
 )
+from .path_safety import plan_outputs
 from .segment_case import segment_case
 
 __all__ = [
@@ -126,16 +129,20 @@ def run_batch(
     on_case_done: Optional[Callable[[CaseResult], None]] = None,
 ) -> list[CaseResult]:
     """Segment every case found in ``inputs`` into ``outdir``; one failure never stops
-    the batch. Returns one CaseResult per case (status ok | failed | skipped).
+    the batch. Returns exactly one CaseResult per case with its true status (see
+    ``results.STATUSES``): ok, skipped (done by an earlier run, verified), done-by-other-run
+    (a concurrent run finished it while this one waited), locked (another run holds it:
+    not run), not-run (stopped after a full disk), failed.
 
     ``bundle``: a loaded ModelBundle or a bundle folder. ``progress``: a callback
     ``(fraction of the whole batch, "i/n case: stage")`` or an engine ``Progress``
     (its callback and cancel event are used). Cancellation (``cancel_event`` or
     Ctrl-C) raises ``Cancelled``/``KeyboardInterrupt`` after cleaning up the current
-    case (no partial files; completed cases are kept).
+    case (its partial outputs are removed; completed cases are kept).
 
-    Raises OutputError (before any case runs) if ``outdir`` is not writable, and
-    InputError if nothing to segment was found.
+    Raises, before any case runs: InputError if nothing to segment was found,
+    OutputError if ``outdir`` is not writable or an output path would be an input
+    (``path_safety``).
     """
     options = options or BatchOptions()
     if options.label_format not in ("nifti", "nrrd"):
@@ -155,6 +162,7 @@ def run_batch(
             "no CT volumes found in " + ", ".join(str(i) for i in inputs)
             + ". Give .nii/.nii.gz/.nrrd/.mha/.mhd files, folders of them, or DICOM series folders."
         )
+    plan_outputs(cases, outdir, options)  # before anything is written: outputs never land on inputs
     _ensure_outdir(outdir)
     if bundle is None:
         from . import models
@@ -166,14 +174,16 @@ def run_batch(
 
     start_warm_up(bundle, options.device)  # on a GPU: overlaps CUDA start-up with reading the first case
 
+    started = time.time()
     results: dict[str, CaseResult] = {}
     deferred: list[tuple[int, Case]] = []
     fatal: Optional[OutputError] = None
+    base = dict(model_name=model["name"], model_version=model["version"])
 
     def finish(r: CaseResult) -> None:
         results[r.case] = r
         try:
-            write_report(outdir, options)
+            write_report(outdir, options, current=results.values())
         except OutputError as err:
             r.warnings.append(f"report not updated: {err}")
         if on_case_done is not None:
@@ -183,26 +193,26 @@ def run_batch(
     for attempt in range(2):
         for index, case in queue:
             if fatal is not None:
-                finish(CaseResult(case.name, str(case.path), "failed", f"not run: {fatal}", "output",
-                                  model_name=model["name"], model_version=model["version"], finished_at=_now()))
+                finish(CaseResult(case.name, str(case.path), "not-run", f"not run: {fatal}", "output",
+                                  **base, finished_at=_now()))
                 continue
             if cancel_event is not None and cancel_event.is_set():
                 raise Cancelled("Batch cancelled by the user; completed cases are kept.")
             cp = _CaseProgress(callback, index, len(cases), case.name)
             try:
                 r = _run_case(case, outdir, options, bundle, model, cp, cancel_event, resume, overwrite,
-                              wait_for_lock=attempt == 1)
+                              lock_wait=options.lock_wait if attempt == 1 else None, batch_started=started)
             except CaseLocked as locked:
                 if attempt == 0:
                     deferred.append((index, case))
                     continue
-                r = CaseResult(case.name, str(case.path), "skipped",
-                               f"being processed by another run ({locked}); not touched",
-                               model_name=model["name"], model_version=model["version"], finished_at=_now())
-                results[r.case] = r
-                if on_case_done is not None:
-                    on_case_done(r)
-                continue
+                why = ("a run on another host; this run cannot tell whether it is still alive"
+                       if locked.holder.get("host") != socket.gethostname()
+                       else f"still held after waiting {options.lock_wait:g} s")
+                r = CaseResult(case.name, str(case.path), "locked",
+                               f"not run: {locked} ({why}). Rerun when that run has finished, or delete "
+                               f"{outdir / case.name / LOCK_NAME} if it is gone.", "locked",
+                               **base, finished_at=_now())
             if r.status == "failed" and r.error_kind == "output" and getattr(r, "_enospc", False):
                 fatal = OutputError(r.error)
             finish(r)
@@ -214,43 +224,63 @@ def run_batch(
     return [results[c.name] for c in cases if c.name in results]
 
 
+def _remove_outputs(case_dir: Path, case: str) -> None:
+    """Every output file a run of ``case`` may have written (all formats and options)."""
+    for options in (BatchOptions(label_format="nifti"), BatchOptions(label_format="nrrd")):
+        for p in output_paths(case_dir.parent, case, options).values():
+            unlink_quietly(p)
+
+
+def _claim(case: Case, outdir: Path, progress: _CaseProgress, cancel_event: Optional[threading.Event],
+           lock_wait: Optional[float]) -> Path:
+    """Claim the case's lock. ``lock_wait`` None: raise CaseLocked at once; otherwise wait
+    up to that many seconds for a live holder on this host (a suspended one never lets go)."""
+    case_dir = outdir / case.name
+    deadline = time.monotonic() + (lock_wait or 0.0)
+    while True:
+        try:
+            return claim_case(outdir, case_dir)
+        except CaseLocked as locked:
+            same_host = locked.holder.get("host") == socket.gethostname()
+            if lock_wait is None or not same_host or time.monotonic() >= deadline:
+                raise
+            if cancel_event is not None and cancel_event.is_set():
+                raise Cancelled("Batch cancelled by the user; completed cases are kept.") from None
+            left = deadline - time.monotonic()
+            progress(0.0, f"{locked}; waiting up to {left:.0f} s more")
+            time.sleep(min(0.2, max(left, 0.0)))
+
+
 def _run_case(case: Case, outdir: Path, options: BatchOptions, bundle: Any, model: dict,
               progress: _CaseProgress, cancel_event: Optional[threading.Event],
-              resume: bool, overwrite: bool, wait_for_lock: bool) -> CaseResult:
+              resume: bool, overwrite: bool, lock_wait: Optional[float] = None,
+              batch_started: float = 0.0) -> CaseResult:
     case_dir = outdir / case.name
     t0 = time.perf_counter()
     base = dict(model_name=model["name"], model_version=model["version"])
-    while True:
-        try:
-            lock = claim_case(outdir, case_dir)
-            break
-        except CaseLocked as locked:
-            holder = locked.holder
-            same_host = holder.get("host") == socket.gethostname()
-            if not wait_for_lock or not same_host:
-                raise
-            if cancel_event is not None and cancel_event.is_set():
-                raise Cancelled("Batch cancelled by the user; completed cases are kept.")
-            progress(0.0, f"waiting for another run ({locked})")
-            time.sleep(0.2)
-        except OutputError as err:
-            r = CaseResult(case.name, str(case.path), "failed", str(err), "output", **base, finished_at=_now())
-            r._enospc = getattr(err, "errno", None) == errno.ENOSPC  # type: ignore[attr-defined]
-            return r
+    try:
+        lock = _claim(case, outdir, progress, cancel_event, lock_wait)
+    except OutputError as err:
+        r = CaseResult(case.name, str(case.path), "failed", str(err), "output", **base, finished_at=_now())
+        r._enospc = getattr(err, "errno", None) == errno.ENOSPC  # type: ignore[attr-defined]
+        return r
 
     completed = False
+    writing = False
     try:
         remove_temp_files(case_dir)
-        # Fingerprint the input (needed both to skip and to record).
-        try:
-            fp = input_fingerprint(case)
-        except OSError:
-            fp = None
-        if fp is not None and resume and not overwrite:
+        if case.error:
+            raise InputError(case.error)
+        fp = input_fingerprint(case)  # InputError for a FIFO/device: never read, never hashed
+        if resume and not overwrite:
             done, _why, manifest = check_done(case_dir, fp, model, options)
             if done:
                 prev = manifest.get("result", {})
-                r = CaseResult(case.name, str(case.path), "skipped", "", "", timings={},
+                # Completed after this batch started, not by it: a concurrent run computed it.
+                by_other = float(manifest.get("finished_epoch", 0) or 0) >= batch_started
+                status = "done-by-other-run" if by_other else "skipped"
+                r = CaseResult(case.name, str(case.path), status,
+                               "computed meanwhile by a concurrent run" if by_other else "", "", timings={},
                                statistics=prev.get("statistics", {}), outputs=prev.get("outputs", {}),
                                warnings=prev.get("warnings", []), **base)
                 r.seconds_total = time.perf_counter() - t0
@@ -264,15 +294,23 @@ def _run_case(case: Case, outdir: Path, options: BatchOptions, bundle: Any, mode
                 f"results already exist in {case_dir}. Use --overwrite to replace them or --resume to keep them."
             )
         unlink_quietly(case_dir / DONE_NAME)  # invalidate first: from now on the case is "to redo"
+        writing = True
+        _remove_outputs(case_dir, case.name)  # a killed run's leftovers, or outputs of other options
         r = segment_case(case, case_dir, paths, outdir, options, bundle, progress, cancel_event, fp, base)
         r.seconds_total = time.perf_counter() - t0
         r.finished_at = _now()
         write_json_atomic(case_dir / RESULT_NAME, r.to_dict())
         manifest = done_manifest(case, fp, model, options, paths, r)
+        manifest["finished_epoch"] = time.time()
         write_json_atomic(case_dir / DONE_NAME, manifest)  # LAST
         completed = True
         return r
     except (Cancelled, KeyboardInterrupt):
+        if writing:  # no partial files: the interrupted case leaves only its record
+            _remove_outputs(case_dir, case.name)
+            _record_quietly(case_dir, CaseResult(
+                case.name, str(case.path), "failed", "cancelled before completion; rerun to redo this case",
+                "cancelled", **base, finished_at=_now()))
         raise
     except Exception as err:  # per-case isolation: record and go on
         r = CaseResult(case.name, str(case.path), "failed", **base)
@@ -291,14 +329,19 @@ def _run_case(case: Case, outdir: Path, options: BatchOptions, bundle: Any, mode
         r.traceback = traceback.format_exc()
         r.seconds_total = time.perf_counter() - t0
         r.finished_at = _now()
-        # Outputs of a failed redo must not look valid: .done.json is already gone.
-        try:
-            write_json_atomic(case_dir / RESULT_NAME, r.to_dict())
-            completed = True
-        except OutputError:
-            pass
+        if writing:  # a failed case leaves no outputs that could pass for results
+            _remove_outputs(case_dir, case.name)
+        completed = _record_quietly(case_dir, r)
         return r
     finally:
         if not completed:
             remove_temp_files(case_dir)
         release_case(lock)
+
+
+def _record_quietly(case_dir: Path, r: CaseResult) -> bool:
+    try:
+        write_json_atomic(case_dir / RESULT_NAME, r.to_dict())
+        return True
+    except OutputError:
+        return False

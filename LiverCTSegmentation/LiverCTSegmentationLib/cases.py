@@ -9,7 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
+from .locking import LOCK_NAME
+from .results import DONE_NAME, RESULT_NAME
+
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+# A folder holding one of these is a case output folder of some run: never an input.
+OUTPUT_FOLDER_MARKERS = (RESULT_NAME, DONE_NAME, LOCK_NAME)
+# Files this tool writes that are never CTs, wherever they lie.
+OUTPUT_FILE_SUFFIXES = (".seg.nrrd",)
 
 
 @dataclass
@@ -17,6 +26,7 @@ class Case:
     name: str
     path: Path
     kind: str = "file"  # file | dicom
+    error: str = ""  # set when the input could not even be resolved: the case fails with it
 
 
 def case_stem(path: Path) -> str:
@@ -30,7 +40,23 @@ def case_stem(path: Path) -> str:
 
 
 def _is_volume_file(p: Path) -> bool:
-    return p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES) and not p.name.startswith(".")
+    low = p.name.lower()
+    return (p.is_file() and low.endswith(VOLUME_SUFFIXES) and not low.endswith(OUTPUT_FILE_SUFFIXES)
+            and not p.name.startswith("."))
+
+
+def is_output_folder(d: Path) -> bool:
+    """A case folder written by liverseg (its results are never taken as new inputs)."""
+    return any((d / m).exists() for m in OUTPUT_FOLDER_MARKERS)
+
+
+def _resolve(p: Path) -> Path:
+    """Absolute path with links resolved; a link loop or an unreadable link resolves to
+    its absolute path (reading it then fails for this case alone, with a message)."""
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):
+        return p.absolute()
 
 
 def _looks_dicom(p: Path) -> bool:
@@ -61,8 +87,12 @@ def discover_cases(inputs: Iterable[Union[str, os.PathLike]], exclude: Optional[
       extension: reading it will say what is wrong);
     - a folder is walked recursively (hidden folders and ``exclude``, the output
       folder, are skipped): volume files inside are cases; a folder holding DICOM
-      files and no volume files is one DICOM-series case;
-    - a path that does not exist becomes a case that fails with a clear message.
+      files and no volume files is one DICOM-series case, subfolders included (the
+      series reader searches them);
+    - liverseg's own outputs (case folders holding ``.result.json``/``.done.json``/
+      ``.lock``, and ``.seg.nrrd`` files) are never cases, so OUTDIR may equal an input folder;
+    - a path that does not exist or cannot be resolved (a link loop) becomes a case
+      that fails alone with a clear message.
 
     Names come from the file name (folder name for DICOM). Names that collide
     (e.g. ``a/ct.nii.gz`` and ``b/ct.nrrd``) all get ``_<8 hex of the absolute path's
@@ -70,41 +100,50 @@ def discover_cases(inputs: Iterable[Union[str, os.PathLike]], exclude: Optional[
     """
     found: list[Case] = []
     seen: set[Path] = set()
-    excl = exclude.resolve() if exclude is not None else None
+    excl = _resolve(exclude) if exclude is not None else None
 
-    def add(path: Path, kind: str) -> None:
-        rp = path.resolve()
+    def add(path: Path, kind: str, error: str = "") -> None:
+        rp = _resolve(path)
         if rp in seen:
             return
         seen.add(rp)
-        name = path.resolve().name if kind == "dicom" else case_stem(path)
-        found.append(Case(_safe_name(name), path, kind))
+        name = rp.name if kind == "dicom" else case_stem(path)
+        found.append(Case(_safe_name(name), path, kind, error))
 
     for raw in inputs:
         p = Path(raw).expanduser()
-        if p.is_dir():
-            for dirpath, dirnames, filenames in os.walk(p):
-                d = Path(dirpath)
-                dirnames[:] = sorted(
-                    n for n in dirnames
-                    if not n.startswith(".") and (excl is None or (d / n).resolve() != excl)
-                )
-                files = [d / n for n in sorted(filenames)]
-                vols = [f for f in files if _is_volume_file(f)]
-                if vols:
-                    for f in vols:
-                        add(f, "file")
-                elif any(_looks_dicom(f) for f in files):
-                    add(d, "dicom")
-        else:
+        try:
+            is_dir = p.is_dir()
+        except OSError as err:  # e.g. a name too long
+            add(p, "file", f"'{p}' cannot be opened ({err.strerror or err}). Check the path.")
+            continue
+        if not is_dir:
             add(p, "file")
+            continue
+        if is_output_folder(p):
+            continue
+        for dirpath, dirnames, filenames in os.walk(p):
+            d = Path(dirpath)
+            dirnames[:] = sorted(
+                n for n in dirnames
+                if not n.startswith(".") and (excl is None or _resolve(d / n) != excl)
+                and not is_output_folder(d / n)
+            )
+            files = [d / n for n in sorted(filenames)]
+            vols = [f for f in files if _is_volume_file(f)]
+            if vols:
+                for f in vols:
+                    add(f, "file")
+            elif any(_looks_dicom(f) for f in files):
+                add(d, "dicom")
+                dirnames[:] = []  # the series reader searches the subfolders too: one case, not two
 
     counts: dict[str, int] = {}
     for c in found:
         counts[c.name.casefold()] = counts.get(c.name.casefold(), 0) + 1
     for c in found:
         if counts[c.name.casefold()] > 1:
-            h = hashlib.sha1(str(c.path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+            h = hashlib.sha1(str(_resolve(c.path)).encode("utf-8", "surrogateescape")).hexdigest()[:8]
             c.name = f"{c.name}_{h}"
     found.sort(key=lambda c: (c.name.casefold(), c.name))
     return found

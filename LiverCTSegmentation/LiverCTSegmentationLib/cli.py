@@ -4,7 +4,8 @@
     liverseg ct1.nii.gz dicom_dir/ -o results/
     liverseg list-models | liverseg download-model NAME
 
-Exit codes: 0 all cases ok (or skipped as already done), 1 some case failed,
+Exit codes: 0 every case done (ok, skipped as already done, or done by a concurrent run),
+1 some case failed or was not run (locked by another run, stopped after a full disk),
 2 usage/setup error (bad option, no inputs found, model unusable, output folder
 unwritable), 130 cancelled with Ctrl-C (completed cases are kept; rerun to resume).
 """
@@ -22,8 +23,10 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .engine.errors import Cancelled, LiverSegError
+from .resource_paths import resources_dir
+from .results import STATUSES
 
-SAMPLE_CT = Path(__file__).resolve().parent.parent / "Resources" / "Samples" / "phantom_ct.nii.gz"
+SAMPLE_CT = resources_dir() / "Samples" / "phantom_ct.nii.gz"
 DEMO_OUTDIR = "liverseg-demo-output"
 DEFAULT_OUTDIR = "liverseg-output"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -38,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="liverseg",
         description="Segment the liver and liver tumours in abdominal CT volumes. "
         "Without inputs, runs the demo on the bundled sample CT. "
-        "Research use only; the default model is a demo trained on synthetic phantoms.",
+        "Research use only; review every result (see the model card: Resources/MODEL_CARD.md). "
+        "Put '--' before inputs whose names start with '-'.",
         epilog="Other commands: 'liverseg list-models', 'liverseg download-model NAME'. "
         "Exit codes: 0 ok, 1 some case failed, 2 usage error, 130 cancelled.",
     )
@@ -56,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="recompute and replace existing results")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="skip cases whose results are complete and current (default)")
+    p.add_argument("--lock-wait", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait at the end for cases another run on this host is processing "
+                        "(then they are reported 'locked'; default 60)")
     p.add_argument("--report", metavar="CSV", default="report.csv",
                    help="CSV report; a bare file name is placed in OUTDIR (default report.csv)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-case lines")
@@ -165,18 +172,30 @@ class _Bar:
 
 def _summary_line(r) -> str:  # r: CaseResult
     s = r.statistics or {}
-    if r.status == "failed":
-        return f"{r.case}: FAILED"
+    if not r.ok:
+        return f"{r.case}: {r.status.upper()}" + (f" - {r.error}" if r.error else "")
     stats = ""
     if s:
         n = int(s.get("tumor_count", 0) or 0)
         stats = (f"liver {float(s.get('liver_ml', 0)):.1f} mL, {n} tumour{'s' if n != 1 else ''} "
                  f"{float(s.get('tumor_ml', 0) or 0):.1f} mL ({float(s.get('burden_percent', 0) or 0):.1f}%)")
-    tag = "skipped (already done)" if r.status == "skipped" else f"ok in {r.seconds_total:.1f} s"
+    tag = {"skipped": "skipped (already done)", "done-by-other-run": "done by a concurrent run"}.get(
+        r.status, f"ok in {r.seconds_total:.1f} s")
     return f"{r.case}: {tag}" + (f" - {stats}" if stats else "")
 
 
 # --------------------------------------------------------------------------- main
+def _option_that_is_a_file(argv: Sequence[str]) -> Optional[str]:
+    """The first argument before '--' that starts with '-' yet names an existing path:
+    argparse would take ``-o.nii.gz`` as ``-o .nii.gz`` and run the demo instead of the file."""
+    for tok in argv:
+        if tok == "--":
+            return None
+        if tok.startswith("-") and tok != "-" and os.path.lexists(tok):
+            return tok
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point; returns the exit code (see the module docstring)."""
     try:
@@ -192,6 +211,11 @@ def _main(argv: list) -> int:
     if argv and argv[0] == "download-model":
         return _download_model(argv[1:])
 
+    clash = _option_that_is_a_file(argv)
+    if clash:
+        _err(f"'{clash}' is the name of an existing file, but it starts with '-' and would be read as an "
+             f"option. To segment it, put '--' before it (liverseg -o OUTDIR -- {clash}) or write ./{clash}.")
+        return EXIT_USAGE
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -242,13 +266,16 @@ def _main(argv: list) -> int:
     options = batch.BatchOptions(
         device=args.device, fast=args.fast, threads=args.threads, label_format=args.format,
         write_seg_nrrd=not args.no_seg_nrrd, overlay=args.overlay, report_name=args.report,
+        lock_wait=max(args.lock_wait, 0.0),
     )
     show_progress = not args.quiet and sys.stderr.isatty()
     bar = _Bar(show_progress)
     cancel = threading.Event()
 
     def on_case_done(r) -> None:
-        if r.status == "failed":
+        if r.status in ("locked", "not-run"):
+            bar.write(f"{r.case}: {r.status}: {r.error}")
+        elif r.status == "failed":
             if r.error_kind == "internal":
                 bar.write(f"error: {r.case}: {r.error}; rerun with --debug for the traceback")
                 if args.debug and r.traceback:
@@ -285,15 +312,15 @@ def _main(argv: list) -> int:
         return EXIT_FAILED
     bar.close()
 
-    n_failed = sum(r.status == "failed" for r in results)
+    n_failed = sum(not r.ok for r in results)
     report = batch.report_path(outdir.absolute(), options)
     if args.json:
         print(json.dumps([{k: v for k, v in r.to_dict().items() if k != "traceback"} for r in results],
                          indent=2, ensure_ascii=False))
     elif not args.quiet:
-        ok = sum(r.status == "ok" for r in results)
-        skipped = sum(r.status == "skipped" for r in results)
-        print(f"{ok} ok, {skipped} skipped, {n_failed} failed. Report: {report}")
+        counts = {st: sum(r.status == st for r in results) for st in STATUSES}
+        shown = ", ".join(f"{n} {st}" for st, n in counts.items() if n or st in ("ok", "skipped", "failed"))
+        print(f"{shown}. Report: {report}")
         if demo and results and results[0].ok:
             r = results[0]
             folder = outdir.absolute() / r.case

@@ -1,8 +1,8 @@
 """Per-case locks and the output-folder mutex, so concurrent runs on one OUTDIR never
 work on the same case.
 
-A case is claimed with an ``O_EXCL`` lock file holding pid + hostname. A lock of a
-dead pid on this host is stale and taken over; the check-and-take-over runs under a
+A case is claimed with an ``O_EXCL`` lock file saying whose it is (pid, user, host,
+start time). A lock of a dead pid on this host is stale and taken over; the check-and-take-over runs under a
 folder-level mutex so two runs cannot both take over the same lock.
 """
 from __future__ import annotations
@@ -96,9 +96,26 @@ def _read_lock(path: Path) -> Optional[dict]:
         return {}
 
 
+def _whoami() -> str:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return ""
+
+
+def describe_holder(holder: dict) -> str:
+    """'locked by PID 123 (user ana) on HOST since 2026-12-04 13:00:05' from a lock's content."""
+    started = holder.get("started")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
+    user = f" (user {holder['user']})" if holder.get("user") else ""
+    return f"locked by PID {holder.get('pid', '?')}{user} on {holder.get('host', '?')} since {when}"
+
+
 class CaseLocked(Exception):
     def __init__(self, holder: dict):
-        super().__init__(f"locked by pid {holder.get('pid')} on {holder.get('host')}")
+        super().__init__(describe_holder(holder))
         self.holder = holder
 
 
@@ -107,7 +124,8 @@ def claim_case(outdir: Path, case_dir: Path) -> Path:
     host, or an unreadable lock older than a minute). Raises CaseLocked otherwise."""
     lock = case_dir / LOCK_NAME
     host = socket.gethostname()
-    payload = json.dumps({"pid": os.getpid(), "host": host, "started": time.time()}).encode()
+    payload = json.dumps({"pid": os.getpid(), "host": host, "user": _whoami(), "started": time.time(),
+                          "program": "liverseg"}).encode()
     with folder_mutex(outdir):
         try:
             case_dir.mkdir(parents=True, exist_ok=True)

@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from .engine.errors import BundleError
+from .resource_paths import resources_dir
 from .engine.progress import Progress
 from .engine.bundle import sha256_file as _sha256_file
 
-MODELS_RESOURCE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+MODELS_RESOURCE_DIR = resources_dir() / "Models"
 MANIFEST_PATH = MODELS_RESOURCE_DIR / "manifest.json"
 ENV_MODELS_DIR = "LIVERCT_MODELS_DIR"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -22,6 +22,9 @@ class BatchOptions:
     roi_lps: Optional[tuple] = None
     batch_size: int = 2
     report_name: Union[str, os.PathLike] = "report.csv"
+    # Seconds to wait, at the end of a batch, for a case another run on this host holds
+    # (a suspended run would otherwise block forever); then the case is reported "locked".
+    lock_wait: float = 60.0
 
     def resume_key(self) -> dict:
         return {

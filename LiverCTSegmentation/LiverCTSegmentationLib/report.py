@@ -6,12 +6,12 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Iterable
 
 from .atomic_files import unlink_quietly, write_bytes_atomic
 from .locking import folder_mutex
 from .options import BatchOptions
-from .results import RESULT_NAME, STAGES, CaseResult
-from .resume import DONE_NAME
+from .results import DONE_NAME, RESULT_NAME, STAGES, CaseResult
 
 REPORT_COLUMNS = (
     ["case", "input", "status", "error"]
@@ -22,14 +22,19 @@ REPORT_COLUMNS = (
 )
 
 
-def collect_results(outdir: Path) -> list[CaseResult]:
-    """All per-case records under ``outdir`` (the report describes the folder)."""
-    results = []
+def collect_results(outdir: Path, current: Iterable[CaseResult] = ()) -> list[CaseResult]:
+    """All per-case records under ``outdir`` (the report describes the folder); ``current``
+    (this run's results, e.g. "locked" cases whose folder holds another run's record)
+    replace what the folders say for those cases."""
+    mine = {r.case: r for r in current}
+    results = list(mine.values())
     try:
         dirs = sorted(p for p in outdir.iterdir() if p.is_dir())
     except OSError:
         return results
     for d in dirs:
+        if d.name in mine:
+            continue
         rec = d / RESULT_NAME
         try:
             r = CaseResult.from_dict(json.loads(rec.read_text(encoding="utf-8")))
@@ -47,7 +52,7 @@ def report_path(outdir: Path, options: BatchOptions) -> Path:
     return p if (p.is_absolute() or p.parent != Path(".")) else outdir / p
 
 
-def write_report(outdir: Path, options: BatchOptions) -> Path:
+def write_report(outdir: Path, options: BatchOptions, current: Iterable[CaseResult] = ()) -> Path:
     """Rebuild the CSV from the per-case records, atomically, under the folder mutex."""
     path = report_path(outdir, options)
     with folder_mutex(outdir):
@@ -57,7 +62,7 @@ def write_report(outdir: Path, options: BatchOptions) -> Path:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=REPORT_COLUMNS, lineterminator="\n", extrasaction="ignore")
         w.writeheader()
-        for r in collect_results(outdir):
+        for r in collect_results(outdir, current):
             w.writerow(r.report_row())
         write_bytes_atomic(path, buf.getvalue().encode("utf-8"))
     return path

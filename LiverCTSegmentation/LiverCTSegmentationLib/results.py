@@ -4,16 +4,27 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 RESULT_NAME = ".result.json"
+DONE_NAME = ".done.json"  # the completion manifest (see resume), written last
 STAGES = ("read", "check", "preprocess", "coarse", "fine", "postprocess", "resample", "statistics", "write",
           "overlay")
 OUTPUT_KEYS = ("label", "seg", "stats", "lesions", "overlay")
+# The true status of a case in a run. Only the first three mean "results are there".
+STATUSES = {
+    "ok": "segmented by this run",
+    "skipped": "already done by an earlier run (input, model and options verified)",
+    "done-by-other-run": "computed by a concurrent run while this one waited for it",
+    "failed": "tried and failed (see error)",
+    "locked": "not run: another run holds the case's lock",
+    "not-run": "not run: the batch stopped (e.g. the disk is full)",
+}
+DONE_STATUSES = ("ok", "skipped", "done-by-other-run")
 
 
 @dataclass
 class CaseResult:
     case: str
     input: str
-    status: str  # ok | failed | skipped
+    status: str  # one of STATUSES
     error: str = ""
     error_kind: str = ""  # LiverSegError.code, "internal" for bugs, "" when ok
     traceback: str = ""
@@ -28,7 +39,7 @@ class CaseResult:
 
     @property
     def ok(self) -> bool:
-        return self.status in ("ok", "skipped")
+        return self.status in DONE_STATUSES
 
     def to_dict(self) -> dict:
         return asdict(self)

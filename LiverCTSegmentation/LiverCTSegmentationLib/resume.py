@@ -5,8 +5,9 @@ version, SHA256 of model.json, which itself pins the weights' SHA256), the
 output-affecting options and the SHA256 of every output. A case is skipped on resume
 only if all of that still matches.
 
-Input fingerprint: the FULL SHA256 of the input file(s) (for a DICOM folder, of every
-file's name and content; for .mhd, of the header and its data file). Hashing runs at
+Input fingerprint: the FULL SHA256 of every file the case reads (``engine.input_files``):
+for a DICOM folder every file's relative name and content, subfolders the reader searches
+included; for .mhd/.nhdr the header and every detached data file it names. Hashing runs at
 ~1 GB/s, negligible next to segmentation, and catches any change, not just mtime.
 """
 from __future__ import annotations
@@ -18,39 +19,26 @@ from typing import Any, Optional
 
 from .cases import Case
 from .engine.bundle import sha256_file
+from .engine.input_files import files_read
 from .options import BatchOptions
-from .results import CaseResult
+from .results import DONE_NAME, CaseResult
 
-DONE_NAME = ".done.json"
 MANIFEST_VERSION = 1
 
 
-def _mhd_data_files(path: Path) -> list[Path]:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    for line in text.splitlines():
-        if line.strip().lower().startswith("elementdatafile"):
-            value = line.split("=", 1)[-1].strip()
-            if value.upper() not in ("LOCAL", "LIST") and "%" not in value:
-                return [path.parent / value]
-    return []
-
-
 def input_fingerprint(case: Case) -> dict:
-    """Full SHA256 of everything the case is read from (see this module's docstring)."""
+    """Full SHA256 of every file the case reads (see this module's docstring); `InputError`
+    for a path that is not a regular file (a FIFO or device would never finish hashing)."""
     h = hashlib.sha256()
-    files: list[Path]
-    if case.kind == "dicom":
-        files = sorted(f for f in case.path.iterdir() if f.is_file() and not f.name.startswith("."))
-    else:
-        files = [case.path]
-        if case.path.name.lower().endswith((".mhd", ".nhdr")):
-            files += _mhd_data_files(case.path)
+    files = files_read(case.path, case.kind)
+    base = case.path if case.kind == "dicom" else case.path.parent
     size = 0
     for f in files:
-        h.update(f.name.encode("utf-8", "surrogateescape") + b"\0")
+        try:
+            rel = f.relative_to(base).as_posix()
+        except ValueError:
+            rel = str(f)
+        h.update(rel.encode("utf-8", "surrogateescape") + b"\0")
         h.update(sha256_file(f).encode())
         size += f.stat().st_size
     return {"sha256": h.hexdigest(), "files": len(files), "size": size, "method": "sha256-full"}

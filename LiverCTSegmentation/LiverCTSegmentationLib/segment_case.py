@@ -42,6 +42,13 @@ def _lesion_rows(stats: Any) -> list[dict]:
     return rows
 
 
+def _overlay_note(err: Exception) -> str:
+    if isinstance(err, ImportError):
+        return (f"overlay picture not written: {getattr(err, 'name', None) or err} is not installed "
+                "(pip install matplotlib, or use --no-overlay)")
+    return f"overlay picture not written ({type(err).__name__}: {err}); the segmentation is complete"
+
+
 def _rel(outdir: Path, p: Path) -> str:
     try:
         return p.relative_to(outdir).as_posix()
@@ -105,10 +112,14 @@ def segment_case(case: Case, case_dir: Path, paths: dict[str, Path], outdir: Pat
     if "overlay" in paths:
         t = time.perf_counter()
         prog.stage("overlay", 0.92, 1.0)
-        from .overlay import save_overlay_png
+        try:
+            from .overlay import save_overlay_png
 
-        save_overlay_png(vol, res.labelmap, paths["overlay"], title=case.name, statistics=stats,
-                         labels=labels, model=f"{base['model_name']} {base['model_version']}".strip())
+            save_overlay_png(vol, res.labelmap, paths["overlay"], title=case.name, statistics=stats,
+                             labels=labels, model=f"{base['model_name']} {base['model_version']}".strip())
+        except Exception as err:  # noqa: BLE001 - an optional picture never fails a case
+            warnings.append(_overlay_note(err))
+            del paths["overlay"]  # not an output of this case (nor of its .done.json)
         timings["overlay"] = time.perf_counter() - t
 
     r = CaseResult(case.name, str(case.path), "ok", timings=timings, statistics=stats,

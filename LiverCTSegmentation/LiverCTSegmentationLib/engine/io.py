@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import InputError, OutputError
 from .itk_quiet import quiet_itk
+from .input_files import files_read
 from .volume import Volume, is_orthonormal
 
 READ_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -43,6 +44,8 @@ def read_volume(path: str | os.PathLike) -> Volume:
     p = Path(path)
     if not p.exists():
         raise InputError(f"Input not found: '{p}'. Check the path and that the file was copied completely.")
+    # Only regular files are opened: a FIFO or a device (/dev/zero) would hang the reader.
+    files_read(p)
     if p.is_dir():
         from .dicom import read_dicom_series
 
