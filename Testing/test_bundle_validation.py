@@ -269,3 +269,12 @@ def test_cli_names_the_ambiguity(tmp_path, monkeypatch, capsys):
     rc = cli.main([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", name, "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "ambiguous" in err and "model.json is missing" not in err
+
+
+def test_gpu_out_of_memory_outside_the_network_pass_is_a_resource_error(box, monkeypatch):
+    def no_room(self, stage, device="cpu"):  # e.g. moving the weights to a full GPU
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    monkeypatch.setattr(ModelBundle, "network", no_room)
+    with pytest.raises(ResourceError, match="GPU ran out of memory during the coarse step.*device 'cpu'"):
+        segment(_liver_box(), box, SegmentOptions(device="cpu"))

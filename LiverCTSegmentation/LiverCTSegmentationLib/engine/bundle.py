@@ -27,6 +27,7 @@ import math
 import os
 import stat
 import threading
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -418,7 +419,9 @@ def load_state_dict(st: StageSpec) -> dict:
 
             state = st_load(data)
         else:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's pickle-protocol notes are noise for a refused file
+                warnings.simplefilter("ignore")
+                state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - any parse failure is a bad bundle
         # ``from None``: torch's message advises weights_only=False, i.e. running the code; never show it.
         raise BundleError(

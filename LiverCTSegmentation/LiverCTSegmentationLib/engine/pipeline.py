@@ -139,9 +139,14 @@ def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
     try:
         return _segment(volume, bundle, options, progress)
     except (MemoryError, RuntimeError) as e:
+        step = getattr(progress, "_stage", "") or "segmentation"
+        if type(e).__name__ == "OutOfMemoryError":  # CUDA, outside the network pass (run_stage has its own)
+            raise ResourceError(
+                f"The GPU ran out of memory during the {step} step. Close other programs that use the GPU, "
+                "draw a region of interest around the liver, or choose device 'cpu'."
+            ) from e
         if not is_cpu_out_of_memory(e):
             raise
-        step = getattr(progress, "_stage", "") or "segmentation"
         raise ResourceError(
             f"The computer ran out of memory during the {step} step. Close other programs, use fewer threads, "
             "or crop the CT to the abdomen (or draw a region of interest around the liver), then retry."
