@@ -12,6 +12,7 @@ import gzip
 import importlib
 import io as _io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -69,6 +70,12 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _printed_url(log: Path, port: int) -> Optional[str]:
+    """The URL with the session's secret that the app prints once it listens."""
+    m = re.search(rf"http://127\.0\.0\.1:{port}/\?secret=[A-Za-z0-9_-]+", log.read_text())
+    return m.group(0) if m else None
+
+
 @pytest.fixture(scope="module")
 def web_env(tmp_path_factory):
     _need_browser_stack()
@@ -96,10 +103,10 @@ def web_env(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "LiverCTSegmentationLib.web.app", "phantom.nii.gz",
                              "--data-dir", str(data), "--model", str(bundle), "--port", str(port),
                              "--max-upload-mb", "1"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
-    url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 90
-        while not _http_ok(url):
+        # The page needs the per-launch secret: open the very URL the app prints, as a user would.
+        while not ((url := _printed_url(tmp / "server.log", port)) and _http_ok(url)):
             if proc.poll() is not None or time.time() > deadline:
                 log.flush()
                 pytest.fail("web server did not start:\n" + (tmp / "server.log").read_text()[-3000:])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ from ..engine.errors import InputError, LiverSegError
 from .run_guard import SceneIdentity, StaleResultError, refuse_while_busy
 from .safe_paths import DataFolder
 from .saving import write_outputs
+from .security import check_bind, harden, is_loopback, max_message_bytes, new_secret
 from .stats_panel import empty_stats, stats_view
 from .uploads import DEFAULT_MAX_UPLOAD_MB, UploadStore
 
@@ -29,20 +29,12 @@ LOOPBACK = "127.0.0.1"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class LiverWebApp:
     """trame-slicer app with our own panel: open CT, run the model, statistics, save."""
 
     def __init__(self, server=None, *, data_dir: str | os.PathLike, model: Optional[str] = None,
-                 max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, device: str = "auto") -> None:
+                 max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, device: str = "auto",
+                 allow_remote: bool = False) -> None:
         from trame.app import get_server
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.app.logic import LayoutButtonLogic, MprInteractionButtonLogic, VolumePropertyLogic
@@ -56,6 +48,8 @@ class LiverWebApp:
         self.uploads = UploadStore(int(max_upload_mb * 1024 * 1024))
         self.model_arg = model
         self.device = device
+        self.allow_remote = allow_remote
+        self.secret = new_secret()  # per launch; only the printed URL carries it to the browser
         self.slicer_app = SlicerApp()
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.editor_logic = SegmentEditorLogic(self.server, self.slicer_app)
@@ -105,6 +99,7 @@ class LiverWebApp:
         ctrl.lw_refresh = self.refresh_files
         ctrl.lw_run = self.run_segmentation
         ctrl.lw_save = self.save_result
+        ctrl.on_server_bind.add(self._protect)
 
     @property
     def state(self):
@@ -339,14 +334,39 @@ class LiverWebApp:
             self._fail(e)
 
     # ------------------------------------------------------------------ run
+    def _protect(self, ws_server) -> None:
+        """trame's server-bind hook: our secret, the Origin check and the message cap, before serving."""
+        protocol = self.server.protocol
+        protocol.updateSecret(self.secret)  # replaces trame's public default "wslink-secret"
+        if getattr(protocol, "secret", None) != self.secret:
+            raise RuntimeError("liverseg-web: could not set the connection secret; refusing to start.")
+        harden(ws_server, cap=max_message_bytes(self.uploads.max_bytes), allow_remote=self.allow_remote)
+
+    def url(self, host: str, port: int) -> str:
+        """The address to open, secret included (the page removes it from the address bar)."""
+        if host in ("", "0.0.0.0", "::"):
+            import socket
+
+            host = socket.gethostname()
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{port}/?secret={self.secret}"
+
+    def _print_url(self, host: str) -> None:
+        print(f"\nliverseg-web running. Open (this URL holds the session's secret; keep it private):\n"
+              f"  {self.url(host, self.server.port)}\n", flush=True)
+
     def start(self, host: str = LOOPBACK, port: int = 8080, open_path: Optional[str] = None) -> None:
+        check_bind(host, self.allow_remote)
         if open_path:
             try:
                 self.open_ct(self.data.input_path(open_path), open_path)
             except Exception as e:  # noqa: BLE001
                 self._fail(e)
+        self.server.controller.on_server_ready.add(lambda **_: self._print_url(host))
         try:
-            self.server.start(host=host, port=port, open_browser=False, show_connection_info=True)
+            # trame's own banner would print the URL without the secret.
+            self.server.start(host=host, port=port, open_browser=False, show_connection_info=False)
         finally:
             self.uploads.cleanup()
 
@@ -358,7 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder the app may read CTs from and save results to "
                                       "(default: the CT's folder, else the current folder)")
     p.add_argument("--model", default=None, help="model name, bundle folder or .zip (default: bundled model)")
-    p.add_argument("--host", default=LOOPBACK, help="interface to listen on (default 127.0.0.1, loopback only)")
+    p.add_argument("--host", default=LOOPBACK, help="interface to listen on (default 127.0.0.1, loopback only; "
+                                                    "any other needs --allow-remote)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host; clients still need the secret in the printed URL, "
+                        "sent unencrypted over HTTP (prefer an SSH tunnel)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="upload size limit")
     p.add_argument("--device", choices=DEVICES, default="auto",
@@ -380,12 +404,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         except ValueError:
             print(f"liverseg-web: '{args.ct}' is not inside the data folder '{data_dir}'.", file=sys.stderr)
             return 2
-    if not _is_loopback(args.host):
-        print(f"liverseg-web: WARNING: listening on {args.host}: anyone who can reach this port can read the "
-              "data folder and upload files. There is no login. Prefer an SSH tunnel to 127.0.0.1.", file=sys.stderr)
+    try:
+        check_bind(args.host, args.allow_remote)
+    except LiverSegError as e:
+        print(f"liverseg-web: {e}", file=sys.stderr)
+        return 2
+    if not is_loopback(args.host):
+        print(f"liverseg-web: WARNING: listening on {args.host}: the secret in the printed URL is the only "
+              "protection, and plain HTTP sends it unencrypted. Prefer an SSH tunnel to 127.0.0.1.", file=sys.stderr)
     try:
         app = LiverWebApp(data_dir=data_dir or os.getcwd(), model=args.model, max_upload_mb=args.max_upload_mb,
-                          device=args.device)
+                          device=args.device, allow_remote=args.allow_remote)
     except LiverSegError as e:
         print(f"liverseg-web: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,8 @@ CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # What "Save" may produce; ``.seg.nrrd`` first so it wins over ``.nrrd``.
 OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz")
 _SAFE_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,119}$")
+# Labelmaps, not CTs: the CLI's "<case>_label.nii.gz" / ".nrrd" and the page's default "<ct>_liverseg".
+_RESULT_STEM_ENDINGS = ("_label", "_liverseg")
 
 
 class PathNotAllowedError(InputError):
@@ -29,6 +31,27 @@ class OutputExistsError(OutputError):
 def _has_suffix(name: str, suffixes: tuple[str, ...]) -> bool:
     low = name.lower()
     return any(low.endswith(s) for s in suffixes)
+
+
+def _stem(name: str, suffixes: tuple[str, ...]) -> str:
+    low = name.lower()
+    for s in suffixes:
+        if low.endswith(s):
+            return name[: -len(s)]
+    return name
+
+
+def is_saved_result(name: str, siblings: set[str]) -> bool:
+    """True for a file this app (or the ``liverseg`` CLI) wrote as a result, which is no CT to open.
+
+    ``siblings``: lower-case names in the same folder. Save writes ``NAME.seg.nrrd``
+    beside ``NAME.nii.gz``, so a volume with a same-stem ``.seg.nrrd`` is a labelmap.
+    """
+    low = name.lower()
+    if low.endswith(".seg.nrrd"):
+        return True
+    stem = _stem(low, CT_SUFFIXES)
+    return stem.endswith(_RESULT_STEM_ENDINGS) or f"{stem}.seg.nrrd" in siblings
 
 
 class DataFolder:
@@ -84,12 +107,16 @@ class DataFolder:
         return out
 
     def list_cts(self, limit: int = 500) -> list[str]:
-        """Relative names of the CT files under the root (symlinks leading out are skipped)."""
+        """Relative names of the CT files under the root.
+
+        Skipped: symlinks leading out, hidden files, and saved results (``is_saved_result``).
+        """
         found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            siblings = {f.lower() for f in filenames}
             for f in sorted(filenames):
-                if f.startswith(".") or not _has_suffix(f, CT_SUFFIXES) or f.lower().endswith(".seg.nrrd"):
+                if f.startswith(".") or not _has_suffix(f, CT_SUFFIXES) or is_saved_result(f, siblings):
                     continue
                 rel = os.path.relpath(os.path.join(dirpath, f), self.root)
                 try:
