@@ -70,6 +70,10 @@ def test_cpu_allocator_failure_in_the_network_is_a_resource_error(box, monkeypat
     assert "ran out of memory" in msg and "coarse" in msg
     assert "close other programs" in msg.lower() and "threads" in msg
     assert "DefaultCPUAllocator" not in msg and "alloc_cpu.cpp" not in msg
+    _net_raising(monkeypatch, RuntimeError("shape mismatch in conv"))  # any other error stays a bug
+    with pytest.raises(RuntimeError, match="shape mismatch") as ei:
+        segment(_liver_box(), box, SegmentOptions(device="cpu"))
+    assert not isinstance(ei.value, ResourceError)
 
 
 def test_memory_error_after_the_network_is_a_resource_error(box, monkeypatch):
@@ -80,19 +84,6 @@ def test_memory_error_after_the_network_is_a_resource_error(box, monkeypatch):
 
     monkeypatch.setattr(postprocess, "postprocess", no_memory)
     with pytest.raises(ResourceError, match="ran out of memory"):
-        segment(_liver_box(), box, SegmentOptions(device="cpu"))
-
-
-def test_other_runtime_errors_stay_bugs(box, monkeypatch):
-    _net_raising(monkeypatch, RuntimeError("shape mismatch in conv"))
-    with pytest.raises(RuntimeError, match="shape mismatch") as ei:
-        segment(_liver_box(), box, SegmentOptions(device="cpu"))
-    assert not isinstance(ei.value, ResourceError)
-
-
-def test_gpu_out_of_memory_keeps_its_gpu_message(box, monkeypatch):
-    _net_raising(monkeypatch, torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
-    with pytest.raises(ResourceError, match="GPU ran out of memory"):
         segment(_liver_box(), box, SegmentOptions(device="cpu"))
 
 
@@ -271,9 +262,14 @@ def test_cli_names_the_ambiguity(tmp_path, monkeypatch, capsys):
     assert rc == 2 and "ambiguous" in err and "model.json is missing" not in err
 
 
-def test_gpu_out_of_memory_outside_the_network_pass_is_a_resource_error(box, monkeypatch):
+def test_gpu_out_of_memory_is_a_resource_error_in_and_outside_the_network_pass(box, monkeypatch):
+    gpu_oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    _net_raising(monkeypatch, gpu_oom)  # in the forward pass: run_stage's own message
+    with pytest.raises(ResourceError, match="GPU ran out of memory in the coarse pass"):
+        segment(_liver_box(), box, SegmentOptions(device="cpu"))
+
     def no_room(self, stage, device="cpu"):  # e.g. moving the weights to a full GPU
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        raise gpu_oom
 
     monkeypatch.setattr(ModelBundle, "network", no_room)
     with pytest.raises(ResourceError, match="GPU ran out of memory during the coarse step.*device 'cpu'"):
