@@ -284,6 +284,8 @@ def _main(argv: list) -> int:
                 bar.write(f"error: {r.case}: {r.error}")
         elif not args.quiet:
             bar.write(_summary_line(r))
+            for w in r.warnings if r.status == "ok" else ():  # a skipped case's were shown when it ran
+                bar.write(f"  warning: {w}")
 
     if getattr(bundle, "demo", False) and not args.quiet:
         print(f"note: model '{bundle.name}' is a demo trained on synthetic phantoms; not for real patients.",

@@ -119,7 +119,8 @@ def _autocast(device, bf16: bool):
 
 
 def _single_window(net, img: np.ndarray, shape: tuple, device, bf16: bool, progress: Optional[Progress],
-                   pad_value: Optional[float], channels_last: bool) -> np.ndarray:
+                   pad_value: Optional[float], channels_last: bool,
+                   foreground_out: Optional[list] = None) -> np.ndarray:
     """Class map of ``img`` from one forward pass over it, padded at the far ends to ``shape``."""
     import torch
 
@@ -137,6 +138,9 @@ def _single_window(net, img: np.ndarray, shape: tuple, device, bf16: bool, progr
         logits = net(x)[0]
     del x
     cls = compare_argmax(logits.float())[: orig[0], : orig[1], : orig[2]]
+    if foreground_out is not None:
+        fg = 1.0 - torch.softmax(logits.float(), dim=0)[0, : orig[0], : orig[1], : orig[2]]
+        foreground_out.append(np.ascontiguousarray(fg.cpu().numpy()))
     if progress is not None:
         progress.report(1.0)
     return np.ascontiguousarray(cls.cpu().numpy())
@@ -157,6 +161,7 @@ def sliding_window_predict(
     channels_last: Optional[bool] = None,
     max_window_voxels: int = 0,
     divisor: int = 1,
+    foreground_out: Optional[list] = None,
 ) -> np.ndarray:
     """Class map (uint8, same shape as ``image_kji``) of a normalised float32 image.
 
@@ -166,6 +171,8 @@ def sliding_window_predict(
     With ``max_window_voxels > 0`` (3D networks), an image whose size, padded to
     at least the patch and to multiples of ``divisor`` (the network's required
     divisor), has at most that many voxels is run as one window (see module doc).
+    ``foreground_out``: a list to which the per-voxel probability of any non-background
+    class (float32, same shape) is appended (the pipeline's plausibility check uses it).
     """
     import torch
 
@@ -181,7 +188,8 @@ def sliding_window_predict(
         d = max(1, int(divisor))
         whole = tuple(max(p, -(-s // d) * d) for s, p in zip(img.shape, patch))
         if int(np.prod(whole, dtype=np.int64)) <= max_window_voxels:
-            return _single_window(net, img, whole, device, bf16, progress, pad_value, channels_last)
+            return _single_window(net, img, whole, device, bf16, progress, pad_value, channels_last,
+                                  foreground_out)
         big = enlarged_window(whole, patch, d, max_window_voxels)
         if big != patch:  # few large windows, thin overlap, one at a time (memory)
             pv = float(img.min()) if pad_value is None else float(pad_value)
@@ -225,4 +233,7 @@ def sliding_window_predict(
                 progress.report((bi + 1) / n_batches)
     cls = compare_argmax(acc)
     cls = cls[: orig_shape[0], : orig_shape[1], : orig_shape[2]]
+    if foreground_out is not None:  # each window's softmax sums to its weight: class sum = weight sum
+        crop = acc[:, : orig_shape[0], : orig_shape[1], : orig_shape[2]]
+        foreground_out.append(np.ascontiguousarray((1.0 - crop[0] / crop.sum(0)).cpu().numpy()))
     return np.ascontiguousarray(cls.cpu().numpy())

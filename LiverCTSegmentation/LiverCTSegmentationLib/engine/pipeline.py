@@ -18,7 +18,9 @@
    physical space (oblique, flipped and RAS inputs work): each nested region
    is interpolated linearly and cut at 0.5, so boundaries are smooth at the
    native resolution; only the labels' box is resampled, in bounded slabs.
-5. Statistics on the final labelmap.
+5. Statistics on the final labelmap, and (organ bundles) ``plausibility``
+   warnings when the result does not look like a liver (volume, scan edge,
+   side, HU, the coarse network's mean liver probability).
 
 Resampling (steps 1, 2 and the smooth paste-back of 4) is SimpleITK's on the CPU,
 as in training; on a CUDA GPU it runs there (``resample_torch``, the same
@@ -180,6 +182,8 @@ def _segment(volume: Volume, bundle, options: Optional[SegmentOptions], progress
     has_fine = "fine" in bundle.stages
     lesion_bundle = lesions_only(bundle.description)
     target = _target_name(bundle)
+    coarse_fg: list = []  # organ bundles: the coarse pass's non-background probability map
+    liver_probability: list = []  # its mean inside the coarse liver (the plausibility check's input)
 
     def result(label: Volume) -> SegmentationResult:
         progress.stage("statistics", 0.99, 1.0)
@@ -191,6 +195,10 @@ def _segment(volume: Volume, bundle, options: Optional[SegmentOptions], progress
             stats = _lesion_statistics(label, bundle) if lesion_bundle else compute_statistics(label)
         except ImportError:  # pragma: no cover
             warnings.append("Statistics are unavailable in this installation.")
+        if not lesion_bundle and label.array.any():  # an empty result has its "No liver found" already
+            from .plausibility import plausibility_warnings
+
+            warnings.extend(plausibility_warnings(volume, label, liver_probability[0] if liver_probability else None))
         timings["statistics"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         progress.report(1.0, "done")
@@ -201,11 +209,14 @@ def _segment(volume: Volume, bundle, options: Optional[SegmentOptions], progress
     progress.stage("coarse", 0.0, 0.45 if has_fine else 0.85)
     t = time.perf_counter()
     coarse, t_pre, resample_device = run_stage(bundle, "coarse", search, device, bf16, overlap, options.batch_size,
-                                                progress, max_window, resample_device, warnings)
+                                                progress, max_window, resample_device, warnings,
+                                                None if lesion_bundle else coarse_fg)
     timings["preprocess"] = t_pre
     timings["coarse"] = time.perf_counter() - t - t_pre
     # Lesion bundles: every component is a finding (the largest alone would drop all other lesions).
     liver = (coarse.array > 0) if lesion_bundle else _largest_component(coarse.array > 0)
+    if coarse_fg and liver.any():
+        liver_probability.append(float(coarse_fg.pop()[liver].mean()))
     if not liver.any():
         if lesion_bundle:
             warnings.append(f"No {target} found (or the region of interest misses it). The result is empty.")

@@ -73,9 +73,10 @@ def itk_if_gpu_full(run: Callable[[Any], Any], resample_device, warnings: list) 
 
 def run_stage(bundle, name: str, vol: Volume, device, bf16: bool, overlap: float, batch_size: int,
               progress: Progress, max_window_voxels: int = 0, resample_device=None,
-              warnings: Optional[list] = None) -> tuple[Volume, float, Any]:
+              warnings: Optional[list] = None, foreground: Optional[list] = None) -> tuple[Volume, float, Any]:
     """Resample + normalise + sliding window; returns (label Volume on the stage grid, preprocess
-    seconds, the resample device for the next steps)."""
+    seconds, the resample device for the next steps). ``foreground``: a list to which the stage
+    grid's per-voxel probability of any non-background class is appended."""
     import torch
 
     from .errors import ResourceError
@@ -97,7 +98,7 @@ def run_stage(bundle, name: str, vol: Volume, device, bf16: bool, overlap: float
             net, x, st.patch_size, st.n_classes, overlap=overlap, batch_size=batch_size, device=device,
             bf16=bf16, progress=progress, spatial_dims=spatial_dims(st.architecture),
             pad_value=float(x.min()) if x.size else 0.0, max_window_voxels=max_window_voxels,
-            divisor=required_divisor(st.architecture),
+            divisor=required_divisor(st.architecture), foreground_out=foreground,
         )
     except torch.cuda.OutOfMemoryError as e:
         free_gpu()

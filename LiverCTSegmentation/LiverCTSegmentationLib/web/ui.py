@@ -123,6 +123,10 @@ def _review_panel(app, html, VAlert, VBtn, VCard, VCardText, VCardTitle, VDivide
                      "tumour <span data-testid='lw-tumor-voxels'>{{ lw_stats.tumor_voxels }}</span> "
                      "(update #<span data-testid='lw-stats-version'>{{ lw_stats_version }}</span>)",
                      classes="text-caption")
+            # Plausibility warnings of the liver as it is now: they go away once an edit fixes the cause.
+            with html.Div(v_if=("lw_stats.warnings && lw_stats.warnings.length",), **tid("lw-warnings")):
+                VAlert(v_for="(w, n) in lw_stats.warnings", key="n", text=("w",), type="warning",
+                       density="compact", classes="mt-2")
         VDivider()
         VCardTitle("4. Save", classes="text-subtitle-1")
         with VCardText():
