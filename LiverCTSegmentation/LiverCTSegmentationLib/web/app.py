@@ -304,7 +304,7 @@ class LiverWebApp:
             return
         try:
             with self.state:
-                self.state.lw_stats = stats_view(self.current_labelmap())
+                self.state.lw_stats = stats_view(self.current_labelmap(), ct=self.ct)
                 self.state.lw_stats_version += 1
         except Exception as e:  # noqa: BLE001
             self._fail(e)
