@@ -541,6 +541,18 @@ def test_process_passes_engine_warnings(scene, tmp_path, box_bundle, caplog):
     assert any("No liver found" in r.getMessage() for r in caplog.records)
 
 
+def test_process_passes_plausibility_warnings(scene, ct_file, box_bundle):
+    """The synthetic "liver" box (~170 mL) is no adult liver: the panel is told to review it."""
+    from LiverCTSegmentationLib.engine.plausibility import REVIEW
+
+    logic = LiverCTSegmentationLogic()
+    got = []
+    logic.process(load_volume(scene, ct_file), model=box_bundle, device="cpu", warningCallback=got.append)
+    review = [w for w in got if w.startswith(REVIEW)]
+    assert any("liver volume" in w and "outside the plausible" in w for w in review), got
+    assert logic.lastWarnings == got
+
+
 def test_each_segmentation_gets_its_own_statistics_table(scene, ct_file, box_bundle, tmp_path):
     import SimpleITK as sitk
 

@@ -483,3 +483,13 @@ def test_finished_run_shows_that_segmentations_own_table(widget_module, fake_sli
         assert "1500 mL" in self.ui.statusLabel.text
     finally:
         scene.Clear(True)
+
+
+def test_finished_run_keeps_its_warnings_on_the_panel(widget_module, fake_slicer, monkeypatch):
+    monkeypatch.setattr(fake_slicer.util, "setSliceViewerLayers", lambda **kw: None, raising=False)
+    warning = "Review before use: liver volume 17.5 L is outside the plausible 0.6-4.5 L; ..."
+    self = _fake_widget(widget_module, _parameterNode=None, _run=types.SimpleNamespace(warnings=[warning]),
+                        setRunning=lambda running: None, _checkCanApply=lambda: None)
+    self.onFinished(None, {"liver_ml": 17500.0, "tumor_count": 6}, None)
+    assert "17500 mL" in self.ui.statusLabel.text and warning in self.ui.statusLabel.text
+    assert self._run is None

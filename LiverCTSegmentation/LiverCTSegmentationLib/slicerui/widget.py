@@ -244,7 +244,7 @@ class LiverCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.statusLabel.toolTip = (self.ui.statusLabel.toolTip + "\n" + message).strip()
 
     def onFinished(self, segmentationNode, statistics, error) -> None:
-        self._run = None
+        run, self._run = self._run, None
         self.setRunning(False)
         if error:
             self.ui.progressBar.value = 0
@@ -262,6 +262,9 @@ class LiverCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         n = int((statistics or {}).get("tumor_count") or 0)
         self.ui.statusLabel.text = _("Done: liver {liver:.0f} mL, {n} tumor(s). Edit the segments in Segment Editor.").format(
             liver=float((statistics or {}).get("liver_ml") or 0.0), n=n)
+        # The run's warnings (e.g. "Review before use: ...") stay on the panel, not only in a 5 s status message.
+        for w in getattr(run, "warnings", None) or []:
+            self.ui.statusLabel.text += "\n" + _("Warning: {message}").format(message=w)
         if segmentationNode is not None and p is not None:
             slicer.util.setSliceViewerLayers(background=p.inputVolume, fit=False)
         self._checkCanApply()
