@@ -36,7 +36,8 @@ def require_regular_file(path: Path, role: str = "input") -> os.stat_result:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise InputError(f"The {role} '{path}' does not exist. Check the path.") from None
+        hint = "Copy it next to the header." if role.startswith("data file") else "Check the path."
+        raise InputError(f"The {role} '{path}' is missing (it does not exist). {hint}") from None
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise InputError(f"The {role} '{path}' is a symbolic link loop (it points back to itself). "
