@@ -226,6 +226,22 @@ def test_cli_refuses_an_unusable_bundle_before_any_case(tmp_path, capsys):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_cli_refuses_weights_not_matching_the_architecture_before_any_case(tmp_path, capsys):
+    """Checked once, when the first case needs the network: rc 2, no case folder, no report row."""
+    from LiverCTSegmentationLib import cli
+
+    if not cli.SAMPLE_CT.is_file():
+        pytest.skip("bundled sample CT missing")
+    folder = _edit(make_tiny_bundle(tmp_path / "b"),
+                   lambda d: d["stages"]["fine"]["architecture"].update(channels=[4, 8, 32]))
+    out = tmp_path / "out"
+    rc = cli.main([str(cli.SAMPLE_CT), str(cli.SAMPLE_CT.parent), "-o", str(out), "--model", str(folder),
+                   "--quiet", "--no-overlay"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'downs.1.1.conv1.weight'" in err, err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
+
+
 # ---------------------------------------------------------- --model NAME
 def test_name_shadowed_by_a_folder_without_model_json_is_ambiguous(tmp_path, monkeypatch):
     name = models.default_model_name()

@@ -51,7 +51,7 @@ from .atomic_files import (
     as_output_error, atomic_path, remove_temp_files, unlink_quietly, write_bytes_atomic, write_json_atomic,
 )
 from .cases import VOLUME_SUFFIXES, Case, case_stem, discover_cases
-from .engine.errors import Cancelled, InputError, LiverSegError, OutputError
+from .engine.errors import BundleError, Cancelled, InputError, LiverSegError, OutputError
 from .engine.progress import Progress
 from .locking import FOLDER_LOCK_NAME, LOCK_NAME, CaseLocked, claim_case, folder_mutex, release_case
 from .options import BatchOptions, output_paths
@@ -267,6 +267,7 @@ def _run_case(case: Case, outdir: Path, options: BatchOptions, bundle: Any, mode
 
     completed = False
     writing = False
+    unusable = False
     try:
         remove_temp_files(case_dir)
         if case.error:
@@ -293,6 +294,7 @@ def _run_case(case: Case, outdir: Path, options: BatchOptions, bundle: Any, mode
             raise OutputError(
                 f"results already exist in {case_dir}. Use --overwrite to replace them or --resume to keep them."
             )
+        _check_weights_once(bundle)  # before the first case that runs; an unusable model stops the batch
         unlink_quietly(case_dir / DONE_NAME)  # invalidate first: from now on the case is "to redo"
         writing = True
         _remove_outputs(case_dir, case.name)  # a killed run's leftovers, or outputs of other options
@@ -312,6 +314,9 @@ def _run_case(case: Case, outdir: Path, options: BatchOptions, bundle: Any, mode
                 case.name, str(case.path), "failed", "cancelled before completion; rerun to redo this case",
                 "cancelled", **base, finished_at=_now()))
         raise
+    except _UnusableModel as err:
+        unusable = True
+        raise err.error from None
     except Exception as err:  # per-case isolation: record and go on
         r = CaseResult(case.name, str(case.path), "failed", **base)
         if isinstance(err, LiverSegError):
@@ -337,6 +342,32 @@ def _run_case(case: Case, outdir: Path, options: BatchOptions, bundle: Any, mode
         if not completed:
             remove_temp_files(case_dir)
         release_case(lock)
+        if unusable:
+            try:
+                case_dir.rmdir()  # created only to hold the lock: leave no trace of a run that never started
+            except OSError:
+                pass
+
+
+class _UnusableModel(Exception):
+    """Carries the model's BundleError past the per-case isolation: no case can run with it."""
+
+    def __init__(self, error: BundleError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _check_weights_once(bundle: Any) -> None:
+    """The bundle's weights against its architecture, once per bundle, and only when a case
+    needs the network (a resumed batch with nothing to do never imports torch)."""
+    check = getattr(bundle, "check_weights", None)
+    if check is None or getattr(bundle, "_weights_checked", False):
+        return
+    try:
+        check()
+    except BundleError as err:
+        raise _UnusableModel(err) from err
+    bundle._weights_checked = True
 
 
 def _record_quietly(case_dir: Path, r: CaseResult) -> bool:
