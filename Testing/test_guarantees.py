@@ -232,3 +232,25 @@ def test_a_file_named_like_an_option_is_never_replaced_by_the_demo(tmp_path, bun
                    "-o.nii.gz"])
     assert rc == 0
     assert (tmp_path / "out" / "-o" / "-o_label.nii.gz").is_file()
+
+
+def test_every_test_docs_guarantees_cites_exists():
+    """docs/guarantees.md names the tests behind each promise; a renamed or deleted test breaks it."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "guarantees.md").read_text(encoding="utf-8")
+    current = None
+    cited = []
+    for m in re.finditer(r"`(?:Testing/)?(test_\w+\.py)?(?:::)?(test_\w+)?`", doc):
+        file, name = m.group(1), m.group(2)
+        if file:
+            assert (root / "Testing" / file).is_file(), file
+        if file and name:
+            current = file  # a bare `::test_x` belongs to the last file cited with a test name
+        if name and current:
+            cited.append((current, name))
+    assert len(cited) >= 12
+    for file, name in cited:
+        assert re.search(rf"^def {name}\(", (root / "Testing" / file).read_text(encoding="utf-8"), re.M), \
+            f"docs/guarantees.md cites {file}::{name}, which does not exist"
