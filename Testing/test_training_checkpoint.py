@@ -154,3 +154,23 @@ def test_export_refuses_a_planted_state_dict_without_torch_advice(tmp_path):
     with pytest.raises(ExportError, match="best_coarse.pt was refused") as info:
         load_state_dict(path)
     assert not marker.exists() and "weights_only" not in str(info.value)
+
+
+def test_tagged_checkpoint_with_missing_entries_is_damaged(tmp_path):
+    from liverct_training.checkpoint import FORMAT, VERSION, CheckpointError, load_checkpoint
+
+    path = tmp_path / "last_coarse.pt"
+    torch.save({"format": FORMAT, "version": VERSION, "stage": "coarse", "epoch": 0}, path)
+    with pytest.raises(CheckpointError, match="damaged: entries model, optimizer.* missing"):
+        load_checkpoint(path, "coarse")
+
+
+def test_checkpoint_of_another_network_does_not_fit(tmp_path, trained, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last_coarse.pt").write_bytes((trained / "run" / "last_coarse.pt").read_bytes())
+    argv = ["train", "phantom", *_ov(tmp_path, trained / "cache"), "train.epochs=3",
+            "stages.coarse.architecture.channels=[4,8,32]", "--resume"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "last_coarse.pt does not fit" in err and "without --resume" in err and "Traceback" not in err

@@ -23,7 +23,7 @@ FORMAT = "liverct-checkpoint"
 VERSION = 1
 #: Entries every checkpoint of this format holds (``summary``/``stopped_early`` once ``done``).
 REQUIRED = {"model": Mapping, "optimizer": Mapping, "scheduler": Mapping, "rng": Mapping, "epoch": int,
-            "history": list, "best": float, "bad_epochs": int, "stage": str, "done": bool}
+            "history": list, "best": (int, float), "bad_epochs": int, "stage": str, "done": bool}
 _NEXT = "delete it, or train this stage from scratch by running without --resume"
 
 
@@ -109,9 +109,7 @@ def load_checkpoint(path: str | Path, stage: str) -> dict[str, Any]:
     if obj.get("stage") != stage:
         raise CheckpointError(f"{path} holds the {obj.get('stage')!r} stage, not {stage!r}; {_NEXT}")
     required = dict(REQUIRED, **({"summary": Mapping, "stopped_early": bool} if obj.get("done") else {}))
-    bad = [k for k, kind in required.items()
-           if not isinstance(obj.get(k), kind if kind is not float else (int, float)) or
-           (kind is int and isinstance(obj.get(k), bool))]
+    bad = [k for k, kind in required.items() if not isinstance(obj.get(k), kind)]
     if bad:
         raise CheckpointError(f"{path} is damaged: entries {', '.join(bad)} are missing or malformed; {_NEXT}")
     return obj
@@ -128,9 +126,9 @@ def restore(ckpt: Mapping[str, Any], path: Path, model, opt, sched, scaler=None)
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        why = " ".join(str(e).split())[:240] or type(e).__name__  # torch's first line alone names no tensor
         raise CheckpointError(f"{path} does not fit this config's stage '{ckpt['stage']}' (different network or "
-                              f"optimiser: {first}); {_NEXT}") from None
+                              f"optimiser: {why}); {_NEXT}") from None
     try:
         set_rng_state(ckpt["rng"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
