@@ -7,7 +7,6 @@ user can act on becomes an `InputError`/`OutputError` naming the file.
 """
 from __future__ import annotations
 
-import errno
 import gzip
 import os
 import zlib
@@ -19,23 +18,16 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .atomic_write import atomic_write
 from .errors import InputError, OutputError
+from .file_errors import itk_reason, need_bytes
+from .formats import READ_SUFFIXES, WRITE_SUFFIXES, matching_suffix  # noqa: F401 - public names of io
 from .itk_quiet import quiet_itk
 from .input_files import files_read
 from .volume import Volume, is_orthonormal
 
-READ_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 _CHUNK = 16 << 20
 _DEFLATE_MAX_RATIO = 1032  # the largest expansion a deflate stream can encode
-
-
-def _suffix(path: Path, allowed: tuple[str, ...]) -> str | None:
-    name = path.name.lower()
-    for s in allowed:
-        if name.endswith(s):
-            return s
-    return None
 
 
 # --------------------------------------------------------------------- read
@@ -50,7 +42,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
         from .dicom import read_dicom_series
 
         return read_dicom_series(p)
-    suffix = _suffix(p, READ_SUFFIXES)
+    suffix = matching_suffix(p, READ_SUFFIXES)
     if suffix is None:
         if p.name.lower().endswith((".dcm", ".ima")):
             raise InputError(f"'{p}' is a single DICOM file: pass the folder that holds the whole series instead.")
@@ -91,7 +83,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
         if pending is not None:
             pending.result()  # its InputError (truncated, corrupted) wins over ITK's message
     if itk_error is not None:
-        raise InputError(f"Cannot read '{p}' as {suffix} image: {_itk_reason(itk_error)}. "
+        raise InputError(f"Cannot read '{p}' as {suffix} image: {itk_reason(itk_error)}. "
                          "The file may be corrupted, truncated or not really a medical image; re-export it."
                          ) from itk_error
     vol = Volume.from_sitk(img, source_path=str(p), pixel_type=img.GetPixelIDTypeAsString())
@@ -106,15 +98,6 @@ def _validated(p: Path, check: Callable[[], Any]) -> Any:
         raise
     except (OSError, EOFError, zlib.error, ValueError, KeyError, IndexError) as e:
         raise InputError(f"'{p}' is corrupted or truncated ({e}). Re-export or re-copy the file.") from e
-
-
-def _itk_reason(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    if not lines:
-        return type(e).__name__
-    if "Unable to determine ImageIO reader" in str(e):
-        return "the content does not match any known image format (wrong extension or not an image)"
-    return lines[-1][:200]
 
 
 # ------------------------------------------------------- structure checks
@@ -143,14 +126,6 @@ def _drain_zlib(fh: Any) -> int:
     if not d.eof:
         raise EOFError("compressed data ends before its end marker")
     return n
-
-
-def _need(p: Path, have: int, need: int) -> None:
-    if have < need:
-        raise InputError(
-            f"'{p}' holds {have} bytes of image data but its header declares {need}: the file is truncated or "
-            "its header is wrong. Re-export or re-copy the file."
-        )
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -199,14 +174,14 @@ def _check_nifti(p: Path) -> Optional[Callable[[], None]]:
     need = int(raw.get_data_offset()) + int(np.prod(raw.get_data_shape(), dtype=np.int64)) * raw.get_data_dtype().itemsize
     if isinstance(raw, nib.Nifti2Header):
         if not p.name.lower().endswith(".gz"):
-            _need(p, p.stat().st_size, need)
+            need_bytes(p, p.stat().st_size, need)
         return _Nifti2(p, raw, need)
     if not p.name.lower().endswith(".gz"):
-        _need(p, p.stat().st_size, need)
+        need_bytes(p, p.stat().st_size, need)
         return None
     # deflate expands at most ~1032:1, so a header declaring more than that is a lie or a truncation:
     # refuse it before ITK allocates the declared size.
-    _need(p, p.stat().st_size * _DEFLATE_MAX_RATIO, need)
+    need_bytes(p, p.stat().st_size * _DEFLATE_MAX_RATIO, need)
     return _GzNifti(p, raw, need)
 
 
@@ -246,7 +221,7 @@ class _GzNifti:
 
     def __call__(self) -> None:
         with open(self.path, "rb") as fh:
-            _need(self.path, _drain_gzip(fh), self.need)
+            need_bytes(self.path, _drain_gzip(fh), self.need)
 
 
 _NRRD_BYTES = {"signed char": 1, "int8": 1, "int8_t": 1, "uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1,
@@ -312,7 +287,7 @@ def _check_nrrd(p: Path) -> None:
             have = target.stat().st_size - offset - skip
         else:
             return
-    _need(p, have, need)
+    need_bytes(p, have, need)
 
 
 _MHA_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
@@ -352,7 +327,7 @@ def _check_meta(p: Path) -> None:
     with open(target, "rb") as fh:
         fh.seek(offset)
         have = _drain_zlib(fh) if compressed else target.stat().st_size - offset
-    _need(p, have, need)
+    need_bytes(p, have, need)
 
 
 # MetaImage geometry keys and how many numbers each holds for an N-dimensional image.
@@ -387,58 +362,6 @@ _VALIDATORS: dict[str, Callable[[Path], Optional[Callable[[], None]]]] = {
 
 
 # -------------------------------------------------------------------- write
-def temp_path_for(path: Path) -> Path:
-    """Temporary name in the same folder that keeps the extension (ITK picks the format by it)."""
-    suffix = _suffix(path, (".seg.nrrd",) + WRITE_SUFFIXES) or path.suffix
-    stem = path.name[: len(path.name) - len(suffix)]
-    return path.with_name(f"{stem}.tmp-{os.getpid()}{suffix}")
-
-
-def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None], overwrite: bool = False) -> Path:
-    """Run ``writer(tmp)`` then move tmp onto ``path``; maps failures to `OutputError`, never leaves tmp behind."""
-    p = Path(path)
-    if p.exists() and not overwrite:
-        raise OutputError(f"'{p}' already exists. Choose another name or allow overwriting.")
-    if p.is_dir():
-        raise OutputError(f"'{p}' is a folder; give a file name.")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"Cannot create the folder '{p.parent}': {e.strerror}. Choose a writable location.") from e
-    tmp = temp_path_for(p)
-    try:
-        writer(tmp)
-        os.replace(tmp, p)
-    except OSError as e:
-        raise OutputError(_write_failure(p, e)) from e
-    except RuntimeError as e:  # ITK reports I/O failures as RuntimeError without errno
-        raise OutputError(_write_failure(p, e)) from e
-    finally:
-        if tmp.exists():
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-    return p
-
-
-def _write_failure(p: Path, e: Exception) -> str:
-    code = getattr(e, "errno", None)
-    if code == errno.ENOSPC:
-        return f"Cannot write '{p}': the disk is full. Free some space or write somewhere else."
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS) or not os.access(p.parent, os.W_OK):
-        return f"Cannot write '{p}': the folder '{p.parent}' is not writable. Choose another output folder."
-    try:
-        import shutil
-
-        if shutil.disk_usage(p.parent).free < (1 << 20):
-            return f"Cannot write '{p}': the disk is full. Free some space or write somewhere else."
-    except OSError:
-        pass
-    reason = getattr(e, "strerror", None) or _itk_reason(e)
-    return f"Cannot write '{p}': {reason}. Check the folder and free disk space."
-
-
 def write_volume(vol: Volume, path: str | os.PathLike, overwrite: bool = False, compress: bool = True) -> Path:
     """Write NIfTI/NRRD/MHA (by extension), atomically; `OutputError` on failure.
 
@@ -447,9 +370,9 @@ def write_volume(vol: Volume, path: str | os.PathLike, overwrite: bool = False, 
     p = Path(path)
     if p.name.lower().endswith(".seg.nrrd"):
         raise OutputError(f"'{p.name}': use write_seg_nrrd for Slicer segmentation files.")
-    if _suffix(p, WRITE_SUFFIXES) is None:
+    if matching_suffix(p, WRITE_SUFFIXES) is None:
         raise OutputError(f"Unsupported output type '{p.name}'. Use .nii.gz, .nii, .nrrd or .mha.")
-    if _suffix(p, (".nii.gz", ".nii")) and not is_orthonormal(vol.direction):
+    if matching_suffix(p, (".nii.gz", ".nii")) and not is_orthonormal(vol.direction):
         # ITK's NIfTI writer orthogonalises the matrix: the saved image would be moved, not just re-labelled.
         raise OutputError(f"Cannot write '{p.name}' as NIfTI: its voxel grid is sheared and NIfTI would store it "
                           "moved. Write it as .nrrd or .mha, which keep the exact grid.")

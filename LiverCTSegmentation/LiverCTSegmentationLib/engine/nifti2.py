@@ -46,7 +46,7 @@ def read_nifti2(p: Path, hdr2: Any, need: int) -> Volume:
     """Read NIfTI-2 file ``p`` (raw header ``hdr2``, ``need`` = header + voxel bytes) through ITK."""
     import SimpleITK as sitk
 
-    from .io import _itk_reason, _need
+    from .file_errors import itk_reason, need_bytes
     from .itk_quiet import quiet_itk
 
     h1 = as_nifti1_header(p, hdr2)
@@ -60,7 +60,7 @@ def read_nifti2(p: Path, hdr2: Any, need: int) -> Volume:
             src.seek(offset)
             shutil.copyfileobj(src, dst, 16 << 20)
             got = dst.tell() - 352
-        _need(p, offset + got, need)
+        need_bytes(p, offset + got, need)
         if got > n_data:
             with open(one, "r+b") as dst:
                 dst.truncate(352 + n_data)
@@ -68,7 +68,7 @@ def read_nifti2(p: Path, hdr2: Any, need: int) -> Volume:
             with quiet_itk():
                 img = sitk.ReadImage(str(one))
         except RuntimeError as e:
-            raise InputError(f"Cannot read the NIfTI-2 file '{p}': {_itk_reason(e)}. Re-export it as NIfTI-1 "
+            raise InputError(f"Cannot read the NIfTI-2 file '{p}': {itk_reason(e)}. Re-export it as NIfTI-1 "
                              "(.nii.gz) or NRRD.") from e
     vol = Volume.from_sitk(img, source_path=str(p), pixel_type=img.GetPixelIDTypeAsString())
     vol.metadata["nifti_version"] = 2

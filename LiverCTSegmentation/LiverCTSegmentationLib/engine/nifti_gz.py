@@ -118,7 +118,7 @@ def read_nii_gz(p: Path, hdr: Any, need: int) -> Optional[Volume]:
     """
     import SimpleITK as sitk
 
-    from .io import _need
+    from .file_errors import need_bytes
     from .itk_quiet import quiet_itk
 
     rg = _rapidgzip()  # None below PARALLEL_MIN_CORES or without rapidgzip: ISA-L, else ITK
@@ -142,11 +142,11 @@ def read_nii_gz(p: Path, hdr: Any, need: int) -> Optional[Volume]:
     if rg is not None:
         # NIfTI stores i fastest: C order (k, j, i), ITK's array order.
         arr = np.empty(shape[::-1], dtype=dtype)
-        _need(p, inflate_parallel(rg, p, offset, arr), need)
+        need_bytes(p, inflate_parallel(rg, p, offset, arr), need)
     else:
         # One-shot inflate: ISA-L's whole-buffer call is about twice as fast as streaming into the array.
         data = gunzip(p.read_bytes())
-        _need(p, len(data), need)
+        need_bytes(p, len(data), need)
         # Copy: the buffer is read-only.
         arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape[::-1]).copy()
     return Volume(arr, info.GetSpacing(), info.GetOrigin(), np.array(info.GetDirection()).reshape(3, 3),

@@ -112,7 +112,7 @@ def write_seg_nrrd(labelmap: Volume, labels: list[dict], path: str | os.PathLike
     """
     import slicerio
 
-    from .io import atomic_write
+    from .atomic_write import atomic_write
 
     arr = np.asarray(labelmap.array)
     if arr.ndim != 3:
