@@ -177,6 +177,10 @@ def multiorgan_mapping(
     covers every value of the classes map, so :func:`apply_mapping` still
     rejects values that are not in it.
     """
+    if not isinstance(classes, Mapping):
+        classes = json.loads(Path(classes).read_text(encoding="utf-8"))
+    if "target" in classes and "classes" in classes:
+        return anatomy_mapping(classes)
     src = load_class_names(classes)
     by_name = {n.lower(): v for v, n in src.items()}
     mapping: dict[int, int] = {0: 0}
@@ -201,4 +205,27 @@ def multiorgan_mapping(
                 names[next_value] = group
                 next_value += 1
             mapping[by_name[n]] = group_value[group]
+    return mapping, names
+
+
+def anatomy_mapping(table: Mapping[str, Any]) -> tuple[dict[int, int], dict[int, str]]:
+    """Map an anatomy label map (``{"classes": {value: name}, "target": {"liver": [...],
+    "liver_tumor": [...]}}``, ../shared/data/anatomy) to our labels: the target's liver values
+    -> 1 (vessels and cysts inside the liver count as liver), its tumour values -> 2, every other
+    class but value 0 -> its own organ value 3, 4, ... (a negative the augmentation re-shades)."""
+    classes = {int(k): str(v) for k, v in table["classes"].items()}
+    liver = {int(v) for v in table["target"].get("liver", [])}
+    tumor = {int(v) for v in table["target"].get("liver_tumor", [])}
+    mapping: dict[int, int] = {v: 0 for v in classes}
+    names: dict[int, str] = {0: "background", 1: "liver", 2: "liver_tumor"}
+    next_value = 3
+    for v in sorted(classes):
+        if v in liver:
+            mapping[v] = 1
+        elif v in tumor:
+            mapping[v] = 2
+        elif v != 0:
+            mapping[v], names[next_value] = next_value, classes[v]
+            next_value += 1
+    mapping[0] = 0
     return mapping, names

@@ -108,7 +108,8 @@ class PatchDataset:
 
     def __init__(self, cases: list[StageCase], patch_size: Sequence[int], length: int, seed: int,
                  fg_prob: float, tumor_prob: float, rank: int = 0,
-                 transform: Callable[[dict, int], dict] | None = None, raw_labels: bool = False):
+                 transform: Callable[[dict, int], dict] | None = None, raw_labels: bool = False,
+                 weights: Sequence[float] | None = None):
         """``raw_labels``: yield (float16 image crop, uint8 raw labels) of ``patch_size`` for an
         on-device augmenter (the torch backend) instead of augmented (image, class) patches."""
         if not cases:
@@ -117,6 +118,10 @@ class PatchDataset:
         self.cases, self.patch_size, self.length = cases, tuple(int(p) for p in patch_size), int(length)
         self.seed, self.rank, self.epoch = int(seed), int(rank), 0
         self.fg_prob, self.tumor_prob, self.transform = float(fg_prob), float(tumor_prob), transform
+        # Cumulative case weights (e.g. real vs synthetic cases); None: every case equally likely.
+        self.cum_weights = None if weights is None else np.cumsum(np.asarray(weights, float) / float(sum(weights)))
+        if self.cum_weights is not None and len(self.cum_weights) != len(cases):
+            raise ValueError("one sampling weight per case is needed")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -128,7 +133,11 @@ class PatchDataset:
         import torch
 
         rng = sample_rng(self.seed, self.rank, self.epoch, index)
-        case = self.cases[int(rng.integers(len(self.cases)))]
+        if self.cum_weights is None:
+            case = self.cases[int(rng.integers(len(self.cases)))]
+        else:
+            pick = int(np.searchsorted(self.cum_weights, rng.random(), side="right"))
+            case = self.cases[min(pick, len(self.cases) - 1)]
         img, tgt = sample_patch(case, self.patch_size, rng, self.fg_prob, self.tumor_prob, self.raw_labels)
         if self.raw_labels:
             return torch.from_numpy(img[None].astype(np.float16)), torch.from_numpy(np.ascontiguousarray(tgt))

@@ -54,7 +54,23 @@ def split_cases(cfg: dict, run_dir: Path, write: bool = True) -> dict[str, list]
     named = data.get("split") or {}
     explicit = ((named.get("val") or []), (named.get("test") or [])) if ("test" in named or "val" in named) else None
     split = load_or_create_split(split_file, cases, seed=seed, fractions=fractions, explicit=explicit)
-    return {s: subset_cases(split, s, cases) for s in ("train", "val", "test")}
+    out = {s: subset_cases(split, s, cases) for s in ("train", "val", "test")}
+    if data.get("synthetic"):  # label-driven synthetic CTs join training only; val/test stay real
+        from .anatomy_data import synthetic_cases
+
+        out["train"] = out["train"] + synthetic_cases(data["synthetic"], data.get("cache_dir") or run_dir / "cache",
+                                                      int(cfg["train"]["seed"]))
+    return out
+
+
+def _case_weights(cases: list, data: dict) -> list | None:
+    """Per-case sampling weights when synthetic cases share the training set (data.synthetic.fraction)."""
+    spec = data.get("synthetic") or {}
+    if not spec:
+        return None
+    from .anatomy_data import case_weights
+
+    return case_weights(cases, float(spec.get("fraction", 0.5)))
 
 
 def _tumor_class(class_to_label: list, task: str) -> int | None:
@@ -305,6 +321,7 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
     # 2D networks: the bundle's patch is (1, H, W); training draws (H, W) slices.
     patch = tuple(int(p) for p in st["patch_size"])[3 - dims:]
     aug_cfg = t.get("augmentation", {}) or {}
+    weights = _case_weights([splits["train"][i] for i in train_ids], cfg["data"])
     on_device = None
     if str(aug_cfg.get("backend", "monai")).lower() == "torch":
         # Crop only in the loader; augment whole batches on the training device.
@@ -319,11 +336,11 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
             tumor_class=_tumor_class(c2l, cfg["data"]["task"]),
             clip=((lo - mean) / std, (hi - mean) / std))
         ds = PatchDataset(train_cases, on_device.crop, iters * bs, seed, float(t["fg_oversample"]),
-                          float(t["tumor_oversample"]), rank=info.rank, raw_labels=True)
+                          float(t["tumor_oversample"]), rank=info.rank, raw_labels=True, weights=weights)
     else:
         ds = PatchDataset(train_cases, patch, iters * bs, seed, float(t["fg_oversample"]),
                           float(t["tumor_oversample"]), rank=info.rank,
-                          transform=build_augmentation(aug_cfg, dims))
+                          transform=build_augmentation(aug_cfg, dims), weights=weights)
     # Patches are seeded per index, so the worker count changes speed, never the batches: cap it at
     # the cores this process may use (a GPU preset's 4-6 workers on a 2-core CI machine only thrash).
     nw = min(int(t.get("num_workers", 0)), usable_cores())

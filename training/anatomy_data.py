@@ -1,0 +1,119 @@
+"""Training cases synthesised from real anatomy label maps (``data.synthetic`` in a config).
+
+``../shared/data/anatomy`` holds expert label maps of real patients without their CT. For each
+map and variant, ``synthetic.anatomy_ct`` draws a CT-like image (seeded by the config's seed, the
+map's name and the variant), written once under ``<cache_dir>/anatomy_synth/<key>/`` where the key
+covers the synthesis parameters, the seed and ``SYNTH_VERSION``; later runs reuse the files.
+The cases join the *training* split only: validation, test and leave-one-out folds stay real.
+
+Config::
+
+    data:
+      synthetic:
+        root: ../shared/data/anatomy   # anatomy_classes.json + *_anatomy.nii.gz
+        variants: 2                    # images per map
+        fraction: 0.5                  # share of training patches drawn from synthetic cases
+        grid_mm: 1.5
+        cases: []                      # optional subset of map names (ircad_p02, ...)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from .datasets import Case, DatasetError
+
+SYNTH_VERSION = 1  # bump when anatomy_ct draws differently: old files are then not reused
+CLASSES_FILE = "anatomy_classes.json"
+SUFFIX = "_anatomy.nii.gz"
+CASE_PREFIX = "synth_"
+
+
+def is_synthetic(case: Case) -> bool:
+    return case.case_id.startswith(CASE_PREFIX)
+
+
+def _params(spec: Mapping[str, Any]):
+    from LiverCTSegmentationLib.synthetic.anatomy_ct import SynthesisParams
+
+    return SynthesisParams(grid_mm=float(spec.get("grid_mm", 1.5)))
+
+
+def anatomy_maps(spec: Mapping[str, Any]) -> list[Path]:
+    """The label maps a ``data.synthetic`` section names, sorted; DatasetError when missing."""
+    root = Path(str(spec.get("root", ""))).expanduser()
+    if not (root / CLASSES_FILE).is_file():
+        raise DatasetError(f"data.synthetic.root: no {CLASSES_FILE} in '{root}'. Point it at the anatomy maps "
+                           "(../shared/data/anatomy from the project root) or remove data.synthetic.")
+    maps = sorted(root.glob(f"*{SUFFIX}"))
+    wanted = [str(c) for c in (spec.get("cases") or [])]
+    if wanted:
+        by_name = {p.name[: -len(SUFFIX)]: p for p in maps}
+        missing = [w for w in wanted if w not in by_name]
+        if missing:
+            raise DatasetError(f"data.synthetic.cases names {missing}, not found in '{root}'")
+        maps = [by_name[w] for w in wanted]
+    if not maps:
+        raise DatasetError(f"data.synthetic.root '{root}' holds no *{SUFFIX} label maps")
+    return maps
+
+
+def variant_seed(seed: int, name: str, variant: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{name}:{variant}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _folder(spec: Mapping[str, Any], cache_dir: Path, seed: int) -> Path:
+    key = json.dumps({"v": SYNTH_VERSION, "seed": seed, "params": repr(_params(spec))}, sort_keys=True)
+    return cache_dir / "anatomy_synth" / hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def _write_atomic(vol, path: Path) -> None:
+    from LiverCTSegmentationLib.engine import io
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.nii.gz")
+    io.write_volume(vol, tmp, overwrite=True)
+    os.replace(tmp, path)
+
+
+def synthesize_case(path: Path, names: Mapping[int, str], seed: int, folder: Path, variant: int,
+                    spec: Mapping[str, Any]) -> Case:
+    """One map's variant: the files are drawn once (missing or partial files are redrawn)."""
+    name = path.name[: -len(SUFFIX)]
+    ct_path, lab_path = folder / f"{name}_v{variant}_ct.nii.gz", folder / f"{name}_v{variant}_label.nii.gz"
+    if not (ct_path.is_file() and lab_path.is_file()):
+        from LiverCTSegmentationLib.engine import io
+        from LiverCTSegmentationLib.synthetic.anatomy_ct import synthesize_volume
+
+        ct, labels = synthesize_volume(io.read_volume(path), names, variant_seed(seed, name, variant), _params(spec))
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomic(labels, lab_path)
+        _write_atomic(ct, ct_path)  # last: its presence means the pair is complete
+    return Case(f"{CASE_PREFIX}{name}_v{variant}", name, str(ct_path), str(lab_path),
+                str(path.parent / CLASSES_FILE))
+
+
+def synthetic_cases(spec: Mapping[str, Any], cache_dir: str | os.PathLike, seed: int) -> list[Case]:
+    """Every (map, variant) case of ``spec``, drawing the images that are not on disk yet."""
+    from LiverCTSegmentationLib.synthetic.anatomy_ct import class_names
+
+    maps = anatomy_maps(spec)
+    names = class_names(json.loads((maps[0].parent / CLASSES_FILE).read_text(encoding="utf-8")))
+    folder = _folder(spec, Path(cache_dir), seed)
+    variants = int(spec.get("variants", 1))
+    if variants < 1:
+        raise DatasetError("data.synthetic.variants must be at least 1")
+    return [synthesize_case(p, names, seed, folder, v, spec) for p in maps for v in range(variants)]
+
+
+def case_weights(cases: list[Case], fraction: float) -> list[float] | None:
+    """Sampling weights giving synthetic cases ``fraction`` of the patches (None: uniform)."""
+    synth = [is_synthetic(c) for c in cases]
+    n_syn, n_real = sum(synth), len(cases) - sum(synth)
+    if not n_syn or not n_real:
+        return None
+    fraction = min(max(float(fraction), 0.0), 1.0)
+    return [fraction / n_syn if s else (1.0 - fraction) / n_real for s in synth]
