@@ -17,7 +17,7 @@ import os
 import shutil
 from typing import Optional
 
-from .runner import find_python, kill_qprocess, make_temp_dir, qprocess_pid
+from .processes import find_python, kill_qprocess, make_temp_dir, qprocess_pid
 
 IDLE_SECONDS = 900.0
 STALE_FRACTION = 0.8  # a worker idle (or at least unused) this long is replaced rather than reused
