@@ -32,30 +32,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .random_fields import _smooth_field, _u
+
 CLIP = (-2.0, 2.0)  # normalised units of the default intensity spec (-200..300 HU)
-
-
-def _u(g, shape, lo: float, hi: float, device):
-    import torch
-
-    return lo + (hi - lo) * torch.rand(shape, generator=g, device=device)
 
 
 def _coin(g, n: int, p: float, device):
     import torch
 
     return torch.rand(n, generator=g, device=device) < p
-
-
-def _smooth_field(g, n: int, size: Sequence[int], nodes: int, device):
-    """[n, 1, *size] smooth random field in about [-1, 1]: coarse noise, upsampled linearly."""
-    import torch
-    import torch.nn.functional as F
-
-    nd = len(size)
-    coarse = torch.randn((n, 1) + (nodes,) * nd, generator=g, device=device)
-    mode = "trilinear" if nd == 3 else "bilinear"
-    return F.interpolate(coarse, size=tuple(size), mode=mode, align_corners=True).clamp_(-2.5, 2.5) / 2.5
 
 
 def _rotation(angles, nd: int):

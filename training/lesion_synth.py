@@ -31,7 +31,7 @@ def add_lesions(image, target, g, cfg: dict, spacing: Sequence[float], liver_cla
     import torch
     import torch.nn.functional as F
 
-    from .augment_torch import _smooth_field, _u
+    from .random_fields import _smooth_field, _u
 
     b, nd, dev = image.shape[0], image.dim() - 2, image.device
     shape = tuple(image.shape[2:])
