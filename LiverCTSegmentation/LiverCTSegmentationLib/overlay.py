@@ -191,7 +191,7 @@ def save_overlay_png(
     fig.subplots_adjust(left=0.01, right=0.99, top=0.88, bottom=0.09, wspace=0.03)
 
     path = Path(path)
-    from .batch import atomic_path
+    from .atomic_files import atomic_path
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
