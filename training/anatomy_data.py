@@ -96,9 +96,13 @@ def synthesize_case(path: Path, names: Mapping[int, str], seed: int, folder: Pat
                 str(path.parent / CLASSES_FILE))
 
 
-def synthetic_cases(spec: Mapping[str, Any], cache_dir: str | os.PathLike, seed: int) -> list[Case]:
-    """Every (map, variant) case of ``spec``, drawing the images that are not on disk yet."""
+def synthetic_cases(spec: Mapping[str, Any], cache_dir: str | os.PathLike, seed: int,
+                    jobs: int | None = 1) -> list[Case]:
+    """Every (map, variant) case of ``spec``, drawing the images that are not on disk yet
+    (``jobs`` processes at once, as ``data.prepare_jobs``)."""
     from LiverCTSegmentationLib.synthetic.anatomy_ct import class_names
+
+    from .parallel import run_jobs
 
     maps = anatomy_maps(spec)
     names = class_names(json.loads((maps[0].parent / CLASSES_FILE).read_text(encoding="utf-8")))
@@ -106,7 +110,8 @@ def synthetic_cases(spec: Mapping[str, Any], cache_dir: str | os.PathLike, seed:
     variants = int(spec.get("variants", 1))
     if variants < 1:
         raise DatasetError("data.synthetic.variants must be at least 1")
-    return [synthesize_case(p, names, seed, folder, v, spec) for p in maps for v in range(variants)]
+    args = [(p, names, seed, folder, v, dict(spec)) for p in maps for v in range(variants)]
+    return list(run_jobs(synthesize_case, args, jobs))
 
 
 def case_weights(cases: list[Case], fraction: float) -> list[float] | None:

@@ -173,6 +173,11 @@ def main_loo(argv: Sequence[str] | None = None) -> int:
     cache_dir = Path(cfg["data"].get("cache_dir") or root / "cache").resolve()
     runs = plan_runs(cfg, root, a.cases.split(",") if a.cases else None, with_final=not a.no_final)
     if not a.eval_only:
+        if cfg["data"].get("synthetic"):  # drawn once here, not by every run at once
+            from .anatomy_data import synthetic_cases
+
+            synthetic_cases(cfg["data"]["synthetic"], cache_dir, int(cfg["train"]["seed"]),
+                            cfg["data"].get("prepare_jobs", 1))
         codes = train_runs(a.config, a.overrides, runs, cache_dir, a.jobs, a.resume)
         failed = {k: v for k, v in codes.items() if v}
         if failed:

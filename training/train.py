@@ -59,7 +59,7 @@ def split_cases(cfg: dict, run_dir: Path, write: bool = True) -> dict[str, list]
         from .anatomy_data import synthetic_cases
 
         out["train"] = out["train"] + synthetic_cases(data["synthetic"], data.get("cache_dir") or run_dir / "cache",
-                                                      int(cfg["train"]["seed"]))
+                                                      int(cfg["train"]["seed"]), data.get("prepare_jobs", 1))
     return out
 
 
