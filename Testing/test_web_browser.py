@@ -386,7 +386,9 @@ def test_open_a_ct_picked_from_the_data_folder_list(page, web_env):
     page.click("[data-testid=lw-open]")
     page.wait_for_function("() => document.querySelector('[data-testid=lw-ct-name]').textContent"
                            ".includes('phantom2.nii.gz')")
-    assert "Opened phantom2.nii.gz" in page.inner_text("[data-testid=lw-message]")
+    # The name and the message are two state updates: wait for the message too (seen lagging under load).
+    page.wait_for_function("() => document.querySelector('[data-testid=lw-message]').textContent"
+                           ".includes('Opened phantom2.nii.gz')")
     assert page.input_value("[data-testid=lw-out-name] input") == "phantom2_liverseg"
     assert _poll(lambda: True if _upload_folder_files(web_env) == [] else None, 10), \
         "the replaced CT's upload was left in the server's temp folder"
