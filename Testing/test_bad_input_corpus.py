@@ -43,7 +43,7 @@ def _env() -> dict:
 
 
 def liverseg(*args, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "LiverCTSegmentationLib.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "LiverCTSegmentationLib.batch.cli", *map(str, args)],
                           capture_output=True, text=True, encoding="utf-8", env=_env(), timeout=timeout)
 
 

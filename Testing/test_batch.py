@@ -226,7 +226,7 @@ def test_resume_skips_and_redoes_changed_cases(tmp_path, inputs, loaded_bundle):
 
 def test_failure_while_writing_leaves_case_to_redo(tmp_path, inputs, loaded_bundle, monkeypatch):
     """A case that fails after writing some outputs leaves none of them (issue 13 item 1)."""
-    from LiverCTSegmentationLib import segment_case as sc
+    from LiverCTSegmentationLib.batch import segment_case as sc
 
     out = tmp_path / "out"
     opts = BatchOptions(device="cpu", overlay=True)
@@ -247,7 +247,7 @@ def test_failure_while_writing_leaves_case_to_redo(tmp_path, inputs, loaded_bund
 
 
 def test_overlay_failure_is_a_note_not_a_failed_case(tmp_path, inputs, loaded_bundle, monkeypatch):
-    from LiverCTSegmentationLib import overlay
+    from LiverCTSegmentationLib.batch import overlay
 
     def boom(*a, **k):
         raise RuntimeError("simulated crash while drawing")

@@ -213,7 +213,7 @@ def test_check_weights_passes_a_good_bundle_and_builds_nothing_real(tmp_path):
 
 # -------------------------------------------------------------------- CLI
 def test_cli_refuses_an_unusable_bundle_before_any_case(tmp_path, capsys):
-    from LiverCTSegmentationLib import cli
+    from LiverCTSegmentationLib.batch import cli
 
     if not cli.SAMPLE_CT.is_file():
         pytest.skip("bundled sample CT missing")
@@ -228,7 +228,7 @@ def test_cli_refuses_an_unusable_bundle_before_any_case(tmp_path, capsys):
 
 def test_cli_refuses_weights_not_matching_the_architecture_before_any_case(tmp_path, capsys):
     """Checked once, when the first case needs the network: rc 2, no case folder, no report row."""
-    from LiverCTSegmentationLib import cli
+    from LiverCTSegmentationLib.batch import cli
 
     if not cli.SAMPLE_CT.is_file():
         pytest.skip("bundled sample CT missing")
@@ -267,7 +267,7 @@ def test_folder_with_model_json_wins_and_default_ignores_the_cwd(tmp_path, monke
 
 
 def test_cli_names_the_ambiguity(tmp_path, monkeypatch, capsys):
-    from LiverCTSegmentationLib import cli
+    from LiverCTSegmentationLib.batch import cli
 
     name = models.default_model_name()
     monkeypatch.chdir(tmp_path)

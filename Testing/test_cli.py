@@ -28,12 +28,12 @@ def _env() -> dict:
 
 
 def liverseg(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "LiverCTSegmentationLib.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "LiverCTSegmentationLib.batch.cli", *map(str, args)],
                           capture_output=True, text=True, env=_env(), cwd=cwd, timeout=timeout)
 
 
 def popen(*args, cwd=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "LiverCTSegmentationLib.cli", *map(str, args)],
+    return subprocess.Popen([sys.executable, "-m", "LiverCTSegmentationLib.batch.cli", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=cwd)
 
 
@@ -207,7 +207,7 @@ def test_bad_model_is_usage_error(tmp_path):
 
 
 def test_unexpected_error_hints_debug(tmp_path, model, monkeypatch, capsys):
-    from LiverCTSegmentationLib import cli
+    from LiverCTSegmentationLib.batch import cli
     from LiverCTSegmentationLib.engine import pipeline
 
     _cases(tmp_path / "in", 1)
@@ -234,7 +234,7 @@ def test_list_models_runs():
 
 
 def test_no_arguments_runs_the_demo(tmp_path):
-    from LiverCTSegmentationLib import cli
+    from LiverCTSegmentationLib.batch import cli
 
     if not cli.SAMPLE_CT.is_file():
         pytest.skip(f"bundled sample CT not present yet: {cli.SAMPLE_CT}")

@@ -181,7 +181,7 @@ def test_lock_of_a_suspended_run_is_waited_for_a_bounded_time_then_reported(tmp_
 
 
 def test_cli_exit_code_is_not_ok_when_a_case_was_never_done(tmp_path, bundle, capsys):
-    from LiverCTSegmentationLib import cli
+    from LiverCTSegmentationLib.batch import cli
 
     data = tmp_path / "data"
     data.mkdir()
@@ -197,7 +197,7 @@ def test_cli_exit_code_is_not_ok_when_a_case_was_never_done(tmp_path, bundle, ca
 
 # ------------------------------------------------------------ no partial files
 def test_ctrl_c_during_a_case_leaves_no_outputs(tmp_path, bundle, monkeypatch):
-    from LiverCTSegmentationLib import segment_case as sc
+    from LiverCTSegmentationLib.batch import segment_case as sc
 
     data = tmp_path / "data"
     data.mkdir()
@@ -220,7 +220,7 @@ def test_ctrl_c_during_a_case_leaves_no_outputs(tmp_path, bundle, monkeypatch):
 
 # ------------------------------------------------------------ the command line
 def test_a_file_named_like_an_option_is_never_replaced_by_the_demo(tmp_path, bundle, monkeypatch, capsys):
-    from LiverCTSegmentationLib import cli
+    from LiverCTSegmentationLib.batch import cli
 
     monkeypatch.chdir(tmp_path)
     write_case(tmp_path / "-o.nii.gz", 1)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from LiverCTSegmentationLib.engine.volume import Volume
-from LiverCTSegmentationLib.overlay import canonical_lps, save_overlay_png
+from LiverCTSegmentationLib.batch.overlay import canonical_lps, save_overlay_png
 
 mpimg = pytest.importorskip("matplotlib.image")
 

@@ -73,7 +73,7 @@ _RUNNER = textwrap.dedent("""
                 raise ModuleNotFoundError(f"No module named {name!r} (blocked: not a base dependency)", name=name)
             return None
     sys.meta_path.insert(0, Block())
-    from LiverCTSegmentationLib import cli
+    from LiverCTSegmentationLib.batch import cli
     sys.exit(cli.main(sys.argv[2:]))
 """)
 

@@ -109,7 +109,7 @@ def repeat_inputs(ct: Path, n: int) -> list[Path]:
 
 
 def run_liverseg(cts: list[Path], model: Path, out: Path, args) -> tuple[C.Measured, list[dict]]:
-    cmd = [sys.executable, "-m", "LiverCTSegmentationLib.cli", *cts, "-o", out, "--model", model,
+    cmd = [sys.executable, "-m", "LiverCTSegmentationLib.batch.cli", *cts, "-o", out, "--model", model,
            "--device", args.device, "--threads", str(args.threads), "--no-overlay", "--quiet", "--json",
            "--overwrite"]
     if args.fast:
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     if note:
         lines.append(note)
 
-    startup = C.measure([sys.executable, "-c", "import torch, LiverCTSegmentationLib.cli"], args.threads)
+    startup = C.measure([sys.executable, "-c", "import torch, LiverCTSegmentationLib.batch.cli"], args.threads)
     m_ours, results = run_liverseg(repeat_inputs(ct, args.repeat), model, work / "out_liverseg", args)
     res = results[-1]
     d_ours = C.dice_pair(work / "out_liverseg" / res["outputs"]["label"], truth)

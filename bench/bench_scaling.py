@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     for n in slices:
         ct, truth = C.write_phantom(work, (n,) + inplane, spacing)
         out = work / f"out_scaling_{n}"
-        m = C.measure([sys.executable, "-m", "LiverCTSegmentationLib.cli", ct, "-o", out, "--model", model,
+        m = C.measure([sys.executable, "-m", "LiverCTSegmentationLib.batch.cli", ct, "-o", out, "--model", model,
                        "--device", args.device, "--threads", str(args.threads), "--no-overlay", "--quiet",
                        "--json", "--overwrite"], args.threads)
         if m.returncode != 0:

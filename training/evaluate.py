@@ -180,7 +180,7 @@ def save_compare_png(ct, truth: np.ndarray, pred: np.ndarray, path: Path, title:
 
     ct_arr, (sx, sy) = np.asarray(ct.array), ct.spacing[:2]
     try:  # radiological display whatever the input orientation (patient right on image left)
-        from LiverCTSegmentationLib.overlay import canonical_lps
+        from LiverCTSegmentationLib.batch.overlay import canonical_lps
 
         ct_arr, sp = canonical_lps(ct)
         truth, pred = canonical_lps(ct, truth)[0], canonical_lps(ct, pred)[0]
@@ -226,7 +226,7 @@ def evaluate_cases(cases: Sequence[Case], bundle_dir: str | Path, out_dir: str |
     if overlays:
         (out / "overlays").mkdir(exist_ok=True)
         try:
-            from LiverCTSegmentationLib.overlay import save_overlay_png
+            from LiverCTSegmentationLib.batch.overlay import save_overlay_png
         except ImportError:
             save_overlay_png = None
     rows: list[dict[str, Any]] = []

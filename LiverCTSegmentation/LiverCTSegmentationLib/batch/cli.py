@@ -21,9 +21,9 @@ import traceback
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import __version__
-from .engine.errors import Cancelled, LiverSegError
-from .resource_paths import resources_dir
+from .. import __version__
+from ..engine.errors import Cancelled, LiverSegError
+from ..resource_paths import resources_dir
 from .results import STATUSES
 
 SAMPLE_CT = resources_dir() / "Samples" / "phantom_ct.nii.gz"
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------- subcommands
 def _list_models(as_json: bool = False) -> int:
-    from . import models
+    from .. import models
 
     try:
         infos = models.list_models()
@@ -111,7 +111,7 @@ def _download_model(argv: Sequence[str]) -> int:
     p.add_argument("name")
     p.add_argument("--debug", action="store_true")
     a = p.parse_args(argv)
-    from . import models
+    from .. import models
 
     bar = _Bar(sys.stderr.isatty())
     try:
@@ -238,11 +238,11 @@ def _main(argv: list) -> int:
         inputs = [Path(i) for i in args.inputs]
         outdir = Path(args.output or DEFAULT_OUTDIR)
 
-    from . import batch
-    from .engine.bundle import ModelBundle
+    from . import run
+    from ..engine.bundle import ModelBundle
 
     try:
-        from . import models
+        from .. import models
 
         model_dir = models.resolve_model_arg(args.model)  # folder, .zip or name; names an ambiguity
         bundle = ModelBundle.load(Path(model_dir))
@@ -263,7 +263,7 @@ def _main(argv: list) -> int:
         except ImportError:  # pragma: no cover
             pass
 
-    options = batch.BatchOptions(
+    options = run.BatchOptions(
         device=args.device, fast=args.fast, threads=args.threads, label_format=args.format,
         write_seg_nrrd=not args.no_seg_nrrd, overlay=args.overlay, report_name=args.report,
         lock_wait=max(args.lock_wait, 0.0),
@@ -291,7 +291,7 @@ def _main(argv: list) -> int:
         print(f"note: model '{bundle.name}' is a demo trained on synthetic phantoms; not for real patients.",
               file=sys.stderr)
     try:
-        results = batch.run_batch(inputs, outdir, options, bundle, progress=bar, resume=args.resume,
+        results = run.run_batch(inputs, outdir, options, bundle, progress=bar, resume=args.resume,
                                   overwrite=args.overwrite, cancel_event=cancel, on_case_done=on_case_done)
     except KeyboardInterrupt:
         cancel.set()
@@ -315,7 +315,7 @@ def _main(argv: list) -> int:
     bar.close()
 
     n_failed = sum(not r.ok for r in results)
-    report = batch.report_path(outdir.absolute(), options)
+    report = run.report_path(outdir.absolute(), options)
     if args.json:
         print(json.dumps([{k: v for k, v in r.to_dict().items() if k != "traceback"} for r in results],
                          indent=2, ensure_ascii=False))
@@ -334,5 +334,5 @@ def _main(argv: list) -> int:
     return EXIT_FAILED if n_failed else EXIT_OK
 
 
-if __name__ == "__main__":  # python -m LiverCTSegmentationLib.cli
+if __name__ == "__main__":  # python -m LiverCTSegmentationLib.batch.cli
     sys.exit(main())

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
 
-from .engine.errors import OutputError
+from ..engine.errors import OutputError
 
 
 def _tmp_name(path: Path) -> Path:

@@ -1,11 +1,12 @@
 """Segment many CT files into one output folder: CSV report, resume, atomic outputs, locks.
 
 Used by the ``liverseg`` command line and by the Slicer module's ``processFiles``.
-This module holds the orchestration (``run_batch``); the parts live beside it:
-``cases`` (discovery, case names), ``options`` (BatchOptions, output names),
-``results`` (CaseResult), ``locking`` (per-case locks, folder mutex), ``resume``
-(.done.json, hashes), ``report`` (report.csv), ``atomic_files`` (atomic writes) and
-``segment_case`` (one case's work). Their public names are re-exported here.
+This module holds the orchestration (``run_batch``); the parts live beside it in the
+``batch`` package: ``cases`` (discovery, case names), ``options`` (BatchOptions, output
+names), ``results`` (CaseResult), ``locking`` (per-case locks, folder mutex), ``resume``
+(.done.json, hashes), ``report`` (report.csv), ``atomic_files`` (atomic writes),
+``path_safety`` (outputs never on inputs) and ``segment_case`` (one case's work). The
+names in ``__all__`` are the package's public names (``from LiverCTSegmentationLib import batch``).
 
 Output layout (``OUTDIR/<case>/``)::
 
@@ -46,13 +47,13 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
-# Every name that was public here before the split stays importable from here.
+# Every name in __all__ is re-exported by the package (batch/__init__.py).
 from .atomic_files import (
     as_output_error, atomic_path, remove_temp_files, unlink_quietly, write_bytes_atomic, write_json_atomic,
 )
 from .cases import VOLUME_SUFFIXES, Case, case_stem, discover_cases
-from .engine.errors import BundleError, Cancelled, InputError, LiverSegError, OutputError
-from .engine.progress import Progress
+from ..engine.errors import BundleError, Cancelled, InputError, LiverSegError, OutputError
+from ..engine.progress import Progress
 from .locking import FOLDER_LOCK_NAME, LOCK_NAME, CaseLocked, claim_case, folder_mutex, release_case
 from .options import BatchOptions, output_paths
 from .report import REPORT_COLUMNS, collect_results, report_path, write_report
@@ -110,7 +111,7 @@ class _CaseProgress:
 
 def _load_bundle(bundle: Any) -> Any:
     if isinstance(bundle, (str, os.PathLike)):
-        from .engine.bundle import ModelBundle
+        from ..engine.bundle import ModelBundle
 
         return ModelBundle.load(Path(bundle))
     return bundle
@@ -165,12 +166,12 @@ def run_batch(
     plan_outputs(cases, outdir, options)  # before anything is written: outputs never land on inputs
     _ensure_outdir(outdir)
     if bundle is None:
-        from . import models
+        from .. import models
 
         bundle = models.default_bundle_dir()
     bundle = _load_bundle(bundle)
     model = model_identity(bundle)
-    from .engine.warmup import start_warm_up
+    from ..engine.warmup import start_warm_up
 
     start_warm_up(bundle, options.device)  # on a GPU: overlaps CUDA start-up with reading the first case
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .cases import Case
-from .engine.bundle import sha256_file
-from .engine.input_files import files_read
+from ..engine.bundle import sha256_file
+from ..engine.input_files import files_read
 from .options import BatchOptions
 from .results import DONE_NAME, CaseResult
 

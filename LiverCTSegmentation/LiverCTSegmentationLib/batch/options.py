@@ -36,7 +36,7 @@ class BatchOptions:
         }
 
     def segment_options(self):
-        from .engine import pipeline
+        from ..engine import pipeline
 
         return pipeline.SegmentOptions(
             device=self.device, fast=self.fast, roi_lps=self.roi_lps,

@@ -11,8 +11,8 @@ from typing import Any, Callable, Optional
 
 from .atomic_files import write_csv_atomic, write_json_atomic
 from .cases import Case
-from .engine.errors import InputError
-from .engine.progress import Progress
+from ..engine.errors import InputError
+from ..engine.progress import Progress
 from .options import BatchOptions
 from .results import CaseResult
 
@@ -63,7 +63,7 @@ def segment_case(case: Case, case_dir: Path, paths: dict[str, Path], outdir: Pat
 
     ``progress(fraction of this case, stage)``; ``fp`` is the input fingerprint recorded
     in the stats; ``base`` holds model_name/model_version for the result."""
-    from .engine import checks, io, pipeline
+    from ..engine import checks, io, pipeline
 
     timings: dict[str, float] = {}
     prog = Progress(progress, cancel_event)
@@ -97,7 +97,7 @@ def segment_case(case: Case, case_dir: Path, paths: dict[str, Path], outdir: Pat
     with ThreadPoolExecutor(1) as pool:
         seg_job = None
         if "seg" in paths:
-            from .engine import segfile
+            from ..engine import segfile
 
             seg_job = pool.submit(segfile.write_seg_nrrd, res.labelmap, labels, paths["seg"], True)
         io.write_volume(res.labelmap, paths["label"], overwrite=True)

@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .engine.volume import Volume
+from ..engine.volume import Volume
 
 WINDOW = (-160.0, 240.0)
 DEFAULT_COLORS = {1: (221, 130, 101), 2: (144, 238, 144)}
@@ -98,7 +98,7 @@ def _caption(statistics: Optional[dict], model: Optional[str]) -> str:
 
 def _statistics_from_labelmap(labelmap: Volume) -> dict:
     try:
-        from .engine.statistics import compute_statistics
+        from ..engine.statistics import compute_statistics
 
         s = compute_statistics(labelmap)
         return s.to_dict() if hasattr(s, "to_dict") else dict(s)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .atomic_files import as_output_error, unlink_quietly
-from .engine.errors import OutputError
+from ..engine.errors import OutputError
 
 LOCK_NAME = ".lock"
 FOLDER_LOCK_NAME = ".liverseg-folder.lock"

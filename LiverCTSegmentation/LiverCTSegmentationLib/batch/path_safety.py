@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from .cases import Case
-from .engine.errors import OutputError
-from .engine.input_files import detached_data_files
+from ..engine.errors import OutputError
+from ..engine.input_files import detached_data_files
 from .locking import FOLDER_LOCK_NAME
 from .options import BatchOptions, output_paths
 from .report import report_path
