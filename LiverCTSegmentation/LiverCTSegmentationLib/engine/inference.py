@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from functools import lru_cache
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -120,7 +120,7 @@ def _autocast(device, bf16: bool):
 
 def _single_window(net, img: np.ndarray, shape: tuple, device, bf16: bool, progress: Optional[Progress],
                    pad_value: Optional[float], channels_last: bool,
-                   foreground_out: Optional[list] = None) -> np.ndarray:
+                   foreground_out: Optional[list] = None, executor: Optional[Callable] = None) -> np.ndarray:
     """Class map of ``img`` from one forward pass over it, padded at the far ends to ``shape``."""
     import torch
 
@@ -132,10 +132,11 @@ def _single_window(net, img: np.ndarray, shape: tuple, device, bf16: bool, progr
         img = np.pad(img, [(0, t - s) for s, t in zip(orig, shape)], mode="constant", constant_values=pv)
     x = torch.from_numpy(img)[None, None].to(device)
     if channels_last:
-        net = net.to(memory_format=torch.channels_last_3d)
+        if executor is None:
+            net = net.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode(), _autocast(device, bf16):
-        logits = net(x)[0]
+        logits = (executor or net)(x)[0]
     del x
     cls = compare_argmax(logits.float())[: orig[0], : orig[1], : orig[2]]
     if foreground_out is not None:
@@ -162,6 +163,7 @@ def sliding_window_predict(
     max_window_voxels: int = 0,
     divisor: int = 1,
     foreground_out: Optional[list] = None,
+    executor: Optional[Callable] = None,
 ) -> np.ndarray:
     """Class map (uint8, same shape as ``image_kji``) of a normalised float32 image.
 
@@ -173,6 +175,8 @@ def sliding_window_predict(
     divisor), has at most that many voxels is run as one window (see module doc).
     ``foreground_out``: a list to which the per-voxel probability of any non-background
     class (float32, same shape) is appended (the pipeline's plausibility check uses it).
+    ``executor``: called instead of ``net`` on 3D windows (``fast_unet.cpu_executor``: the same
+    logits from folded weights, less time and memory).
     """
     import torch
 
@@ -189,7 +193,7 @@ def sliding_window_predict(
         whole = tuple(max(p, -(-s // d) * d) for s, p in zip(img.shape, patch))
         if int(np.prod(whole, dtype=np.int64)) <= max_window_voxels:
             return _single_window(net, img, whole, device, bf16, progress, pad_value, channels_last,
-                                  foreground_out)
+                                  foreground_out, executor)
         big = enlarged_window(whole, patch, d, max_window_voxels)
         if big != patch:  # few large windows, thin overlap, one at a time (memory)
             pv = float(img.min()) if pad_value is None else float(pad_value)
@@ -207,8 +211,9 @@ def sliding_window_predict(
     acc = torch.zeros((n_classes,) + shape, dtype=torch.float32, device=device)
     src = torch.from_numpy(img)
     amp = _autocast(device, bf16)
-    if channels_last:
+    if channels_last and executor is None:
         net = net.to(memory_format=torch.channels_last_3d)
+    run = executor if (executor is not None and spatial_dims == 3) else net
 
     n_batches = int(math.ceil(len(windows) / max(1, batch_size)))
     with torch.inference_mode():
@@ -223,7 +228,7 @@ def sliding_window_predict(
             elif channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             with amp:
-                logits = net(x)
+                logits = run(x)
             if spatial_dims == 2:
                 logits = logits.unsqueeze(2)
             prob = torch.softmax(logits.float(), dim=1) * weight

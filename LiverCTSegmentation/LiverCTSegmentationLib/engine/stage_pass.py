@@ -80,6 +80,7 @@ def run_stage(bundle, name: str, vol: Volume, device, bf16: bool, overlap: float
     import torch
 
     from .errors import ResourceError
+    from .fast_unet import cpu_executor
     from .inference import sliding_window_predict
     from .networks import required_divisor, spatial_dims, window_size_invariant
 
@@ -99,6 +100,7 @@ def run_stage(bundle, name: str, vol: Volume, device, bf16: bool, overlap: float
             bf16=bf16, progress=progress, spatial_dims=spatial_dims(st.architecture),
             pad_value=float(x.min()) if x.size else 0.0, max_window_voxels=max_window_voxels,
             divisor=required_divisor(st.architecture), foreground_out=foreground,
+            executor=cpu_executor(net, device, bf16),
         )
     except torch.cuda.OutOfMemoryError as e:
         free_gpu()
