@@ -128,7 +128,7 @@ class LiverCTSegmentationTest(ScriptedLoadableModuleTest):
 
     # ------------------------------------------------------------------ helpers
     def _phantomVolume(self, seed=0):
-        from LiverCTSegmentationLib.engine.phantom import make_phantom
+        from LiverCTSegmentationLib.synthetic.phantom import make_phantom
 
         ct, _label = make_phantom(seed, shape_kji=(48, 64, 64), spacing=(4.0, 4.0, 4.0), orientation="oblique")
         return ct, slicer.util.addVolumeFromArray(ct.array, ct.ijk_to_ras(), name="phantom")

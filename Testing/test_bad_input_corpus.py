@@ -48,7 +48,7 @@ def liverseg(*args, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def _ct():
-    from LiverCTSegmentationLib.engine.phantom import make_phantom
+    from LiverCTSegmentationLib.synthetic.phantom import make_phantom
 
     ct, _ = make_phantom(3, shape_kji=SHAPE, spacing=SPACING, orientation="LPS", n_lesions=1, fov="full")
     return ct

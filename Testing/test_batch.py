@@ -36,9 +36,9 @@ def need_engine() -> None:
 
 @functools.lru_cache(maxsize=16)
 def make_ct(seed: int = 0) -> tuple[Volume, Volume]:
-    """A small abdominal phantom (engine.phantom) or, until it exists, a simple body."""
+    """A small abdominal phantom (synthetic.phantom) or, until it exists, a simple body."""
     try:
-        from LiverCTSegmentationLib.engine.phantom import make_phantom
+        from LiverCTSegmentationLib.synthetic.phantom import make_phantom
     except ImportError:
         make_phantom = None
     if make_phantom is not None:

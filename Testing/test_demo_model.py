@@ -7,7 +7,7 @@ import pytest
 
 from LiverCTSegmentationLib import models
 from LiverCTSegmentationLib.engine.bundle import ModelBundle
-from LiverCTSegmentationLib.engine.phantom import make_phantom
+from LiverCTSegmentationLib.synthetic.phantom import make_phantom
 from LiverCTSegmentationLib.engine.pipeline import SegmentOptions, segment
 
 

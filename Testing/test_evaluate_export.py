@@ -13,7 +13,7 @@ from bundle_fixtures import make_box_bundle
 from LiverCTSegmentationLib.engine import pipeline
 from LiverCTSegmentationLib.engine.bundle import ModelBundle, sha256_file
 from LiverCTSegmentationLib.engine.io import write_volume
-from LiverCTSegmentationLib.engine.phantom import make_phantom
+from LiverCTSegmentationLib.synthetic.phantom import make_phantom
 from liverct_training import evaluate as E
 from liverct_training import export as X
 from liverct_training import metrics as M

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from LiverCTSegmentationLib.engine.phantom import PHASES, _geometry, make_phantom
-from LiverCTSegmentationLib.engine.phantom_anatomy import Anatomy
+from LiverCTSegmentationLib.synthetic.phantom import PHASES, _geometry, make_phantom
+from LiverCTSegmentationLib.synthetic.phantom_anatomy import Anatomy
 
 SMALL = dict(shape_kji=(48, 96, 112), spacing=(3.2, 3.2, 5.0))  # ~360x310x240 mm, fast
 

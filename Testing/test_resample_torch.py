@@ -9,7 +9,7 @@ from scipy.spatial.transform import Rotation
 from LiverCTSegmentationLib import models
 from LiverCTSegmentationLib.engine import pipeline, preprocess, stage_pass
 from LiverCTSegmentationLib.engine.bundle import ModelBundle
-from LiverCTSegmentationLib.engine.phantom import make_phantom
+from LiverCTSegmentationLib.synthetic.phantom import make_phantom
 from LiverCTSegmentationLib.engine.pipeline import SegmentOptions, segment
 from LiverCTSegmentationLib.engine.resample_torch import resample_linear
 from LiverCTSegmentationLib.engine.volume import Volume

@@ -372,7 +372,7 @@ def test_worker_cancel_kills_process(tmp_path, box_bundle):
 # --------------------------------------------------------------------------- phantom + in-Slicer self-test
 def test_process_on_engine_phantom(scene, coarse_box_bundle):
     """Engine phantom (oblique) through an MRML node: segments equal the engine's labelmap."""
-    from LiverCTSegmentationLib.engine.phantom import make_phantom
+    from LiverCTSegmentationLib.synthetic.phantom import make_phantom
 
     ct, _ = make_phantom(1, shape_kji=(40, 64, 64), spacing=(5.0, 5.0, 6.0), orientation="oblique", fov="full")
     node = slicer.util.addVolumeFromArray(ct.array, ct.ijk_to_ras(), name="phantom")
@@ -463,7 +463,7 @@ def test_kill_process_tree_without_psutil(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def phantom_files(tmp_path_factory):
     from LiverCTSegmentationLib.engine import io
-    from LiverCTSegmentationLib.engine.phantom import make_phantom
+    from LiverCTSegmentationLib.synthetic.phantom import make_phantom
 
     folder = tmp_path_factory.mktemp("cases")
     for seed in (3, 4):

@@ -14,7 +14,7 @@ import yaml
 torch = pytest.importorskip("torch")
 
 from LiverCTSegmentationLib.engine import io  # noqa: E402
-from LiverCTSegmentationLib.engine.phantom import make_phantom  # noqa: E402
+from LiverCTSegmentationLib.synthetic.phantom import make_phantom  # noqa: E402
 from liverct_training.cache import load_cached  # noqa: E402
 from liverct_training.config import CONFIG_DIR, load_config  # noqa: E402
 from liverct_training.datasets import DatasetError, read_dataset  # noqa: E402

@@ -44,7 +44,7 @@ def test_phantom_preset_trains_both_stages_and_exported_bundle_reaches_liver_dic
     from liverct_training.export import export_run
     from liverct_training.train import main_train
     from LiverCTSegmentationLib.engine.bundle import ModelBundle
-    from LiverCTSegmentationLib.engine.phantom import make_phantom
+    from LiverCTSegmentationLib.synthetic.phantom import make_phantom
     from LiverCTSegmentationLib.engine.pipeline import SegmentOptions, segment
 
     run = tmp_path / "run"

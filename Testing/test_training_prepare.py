@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from LiverCTSegmentationLib.engine.dicom import write_dicom_series
 from LiverCTSegmentationLib.engine.io import read_volume
-from LiverCTSegmentationLib.engine.phantom import make_phantom
+from LiverCTSegmentationLib.synthetic.phantom import make_phantom
 from liverct_training import prepare as P
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from LiverCTSegmentationLib.engine import io
 from LiverCTSegmentationLib.engine.errors import OutputError
-from LiverCTSegmentationLib.engine.phantom import make_phantom
+from LiverCTSegmentationLib.synthetic.phantom import make_phantom
 from LiverCTSegmentationLib.web import app as app_mod
 from LiverCTSegmentationLib.web import saving
 

@@ -82,7 +82,7 @@ def web_env(tmp_path_factory):
     from bundle_fixtures import make_box_bundle
 
     from LiverCTSegmentationLib.engine import io
-    from LiverCTSegmentationLib.engine.phantom import make_phantom
+    from LiverCTSegmentationLib.synthetic.phantom import make_phantom
 
     tmp = tmp_path_factory.mktemp("web")
     data = tmp / "data"

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from LiverCTSegmentationLib.engine.phantom import make_phantom
+from LiverCTSegmentationLib.synthetic.phantom import make_phantom
 from LiverCTSegmentationLib.web import scene_glue
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from LiverCTSegmentationLib.engine.phantom import make_phantom
+from LiverCTSegmentationLib.synthetic.phantom import make_phantom
 from LiverCTSegmentationLib.engine.volume import Volume
 from LiverCTSegmentationLib.web.stats_panel import empty_stats, stats_view
 

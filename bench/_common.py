@@ -75,7 +75,7 @@ def measure(cmd: Sequence[str], threads: int, timeout: float = 3600.0) -> Measur
 def write_phantom(folder: Path, shape_kji=FULL_SHAPE, spacing=FULL_SPACING, seed: int = 7) -> tuple[Path, Path]:
     """Write a phantom CT and its exact truth as .nii.gz (reused when already there)."""
     from LiverCTSegmentationLib.engine import io
-    from LiverCTSegmentationLib.engine.phantom import make_phantom
+    from LiverCTSegmentationLib.synthetic.phantom import make_phantom
 
     tag = f"{'x'.join(map(str, shape_kji[::-1]))}_s{seed}"
     ct_path, truth_path = folder / f"ct_{tag}.nii.gz", folder / f"truth_{tag}.nii.gz"

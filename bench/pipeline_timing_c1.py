@@ -1,6 +1,6 @@
 """Time engine.pipeline.segment on a 512x512x300 phantom CT with random-weight small networks.
 
-Input: ``engine.phantom.make_phantom(seed, shape_kji=(300, 512, 512), spacing=(0.8, 0.8, 1.0),
+Input: ``synthetic.phantom.make_phantom(seed, shape_kji=(300, 512, 512), spacing=(0.8, 0.8, 1.0),
 orientation="LPS")`` (cached as .npy in --workdir, never in the repository).
 Random weights rarely find a liver, so the coarse largest-component step is
 replaced by the phantom's true liver resampled to the coarse grid: the coarse
@@ -134,7 +134,7 @@ def main() -> None:
 
 def phantom(seed: int, workdir: Path):
     """(ct, truth) Volumes of the full-size phantom; generated once, then read from workdir."""
-    from LiverCTSegmentationLib.engine.phantom import make_phantom
+    from LiverCTSegmentationLib.synthetic.phantom import make_phantom
     from LiverCTSegmentationLib.engine.volume import Volume
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "LiverCTSegmentation"))
 
-from LiverCTSegmentationLib.engine.phantom import make_phantom  # noqa: E402
+from LiverCTSegmentationLib.synthetic.phantom import make_phantom  # noqa: E402
 
 SEED = 20240601
 SAMPLE_KW = dict(shape_kji=(80, 168, 168), spacing=(2.05, 2.05, 2.8), orientation="LPS", n_lesions=3, fov="full",

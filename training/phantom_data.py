@@ -41,7 +41,7 @@ def phantom_specs(pcfg: dict) -> dict[str, list[dict[str, Any]]]:
 def _write_phantom(kw: dict[str, Any], img: str, lab: str, man: str, wanted: str) -> None:
     """Generate one phantom and write its NIfTI pair, then its manifest (last: marks it complete)."""
     from LiverCTSegmentationLib.engine import io
-    from LiverCTSegmentationLib.engine.phantom import make_phantom
+    from LiverCTSegmentationLib.synthetic.phantom import make_phantom
 
     ct, label = make_phantom(**kw)
     io.write_volume(ct, img, overwrite=True)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .phantom_anatomy import PHASES, Anatomy
 from .phantom_shapes import F32, Capsule, Grid, fourier, rotation
-from .volume import Volume
+from ..engine.volume import Volume
 
 ORIENTATIONS = ("LPS", "RAS", "oblique")
 RAS_DIRECTION = np.diag([-1.0, -1.0, 1.0])
