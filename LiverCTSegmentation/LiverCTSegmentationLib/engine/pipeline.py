@@ -87,16 +87,10 @@ class SegmentationResult:
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    try:
-        from .postprocess import largest_component
+    """The coarse liver: the foreground's largest component (a seam bench/pipeline_timing_c1.py swaps)."""
+    from .postprocess import largest_component
 
-        return largest_component(mask)
-    except ImportError:  # pragma: no cover - fallback while postprocess is absent
-        import SimpleITK as sitk
-
-        cc = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True)
-        lab = sitk.GetArrayFromImage(sitk.RelabelComponent(cc, sortByObjectSize=True))
-        return lab == 1
+    return largest_component(mask)
 
 
 def _target_name(bundle) -> str:
@@ -253,14 +247,11 @@ def _segment(volume: Volume, bundle, options: Optional[SegmentOptions], progress
     # ----------------------------------------------------- postprocess
     progress.stage("postprocess", 0.9, 0.97)
     t = time.perf_counter()
-    try:
-        from .postprocess import postprocess, postprocess_lesions
+    from .postprocess import postprocess, postprocess_lesions  # looked up per call: tests replace them
 
-        clean = postprocess_lesions if lesion_bundle else postprocess
-        cleaned = clean(label.array, label.spacing, bundle.postprocess)
-        label = label.with_array(np.asarray(cleaned, dtype=np.uint8))
-    except ImportError:  # pragma: no cover - fallback while postprocess is absent
-        warnings.append("Post-processing is unavailable in this installation; raw network output is shown.")
+    clean = postprocess_lesions if lesion_bundle else postprocess
+    cleaned = clean(label.array, label.spacing, bundle.postprocess)
+    label = label.with_array(np.asarray(cleaned, dtype=np.uint8))
     timings["postprocess"] = time.perf_counter() - t
     if not label.array.any():
         warnings.append(f"No {target} found after post-processing. The result is empty.")
