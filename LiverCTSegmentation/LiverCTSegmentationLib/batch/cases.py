@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
+from . import dicomweb
 from .locking import LOCK_NAME
 from .results import DONE_NAME, RESULT_NAME
 
@@ -25,8 +26,14 @@ OUTPUT_FILE_SUFFIXES = (".seg.nrrd",)
 class Case:
     name: str
     path: Path
-    kind: str = "file"  # file | dicom
+    kind: str = "file"  # file | dicom | dicomweb
     error: str = ""  # set when the input could not even be resolved: the case fails with it
+    url: str = ""  # a DICOMweb study/series URL (kind "dicomweb"); ``path`` is then unused
+
+    @property
+    def input(self) -> str:
+        """The input as the user gave it (report, records): the URL, or the path."""
+        return self.url or str(self.path)
 
 
 def case_stem(path: Path) -> str:
@@ -80,6 +87,20 @@ def _safe_name(name: str) -> str:
     return out or "case"
 
 
+def _add_url(found: list[Case], url: str) -> None:
+    """A DICOMweb study/series URL is one case, named by its UID; a malformed one fails alone."""
+    try:
+        ref = dicomweb.parse_url(url)
+    except Exception as err:  # noqa: BLE001 - InputError with the reason
+        url = dicomweb.redact(url)  # a refused user:password never reaches the report
+        found.append(Case("dicomweb_" + hashlib.sha1(url.encode()).hexdigest()[:8], Path("."), "dicomweb", str(err),
+                          url=url))
+        return
+    if any(c.url and c.url.rstrip("/") == ref.url for c in found):
+        return
+    found.append(Case(dicomweb.case_name(ref), Path("."), "dicomweb", url=ref.url))
+
+
 def discover_cases(inputs: Iterable[Union[str, os.PathLike]], exclude: Optional[Path] = None) -> list[Case]:
     """Expand files and folders into cases, sorted by name with stable unique names.
 
@@ -111,6 +132,9 @@ def discover_cases(inputs: Iterable[Union[str, os.PathLike]], exclude: Optional[
         found.append(Case(_safe_name(name), path, kind, error))
 
     for raw in inputs:
+        if dicomweb.is_dicomweb_url(str(raw)):
+            _add_url(found, str(raw))
+            continue
         p = Path(raw).expanduser()
         try:
             is_dir = p.is_dir()

@@ -2,6 +2,7 @@
 
     liverseg                          # demo: bundled sample CT -> ./liverseg-demo-output/
     liverseg ct1.nii.gz dicom_dir/ -o results/
+    liverseg https://pacs/dicom-web/studies/1.2.3 --push   # DICOMweb study in, DICOM SEG back
     liverseg list-models | liverseg download-model NAME
 
 Exit codes: 0 every case done (ok, skipped as already done, or done by a concurrent run),
@@ -47,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit codes: 0 ok, 1 some case failed, 2 usage error, 130 cancelled.",
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="CT files (.nii, .nii.gz, .nrrd, .mha, .mhd), folders of them, or DICOM series folders")
+                   help="CT files (.nii, .nii.gz, .nrrd, .mha, .mhd), folders of them, DICOM series folders, or "
+                        "DICOMweb study/series URLs (<root>/studies/<uid>[/series/<uid>]; credentials from "
+                        "LIVERSEG_DICOMWEB_USER/_PASSWORD, LIVERSEG_DICOMWEB_TOKEN or ~/.netrc)")
     p.add_argument("-o", "--output", metavar="OUTDIR",
                    help=f"output folder (default ./{DEFAULT_OUTDIR}, or ./{DEMO_OUTDIR} for the demo)")
     p.add_argument("--model", metavar="NAME|PATH", help="model name, bundle folder or .zip (default: bundled model)")
@@ -57,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["nifti", "nrrd"], default="nifti", help="labelmap file format")
     p.add_argument("--no-seg-nrrd", action="store_true", help="do not write the Slicer .seg.nrrd")
     p.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True, help="write a PNG preview")
+    p.add_argument("--dicom-seg", action=argparse.BooleanOptionalAction, default=True,
+                   help="for DICOM inputs, write <case>_seg.dcm, a DICOM Segmentation referencing the series "
+                        "(default; --no-dicom-seg to skip)")
+    p.add_argument("--dicom-sr", action="store_true",
+                   help="for DICOM inputs, also write <case>_sr.dcm, a TID 1500 measurement report on the SEG")
+    p.add_argument("--push", action="store_true",
+                   help="store the DICOM SEG (and SR) back in the study of each DICOMweb input (STOW-RS)")
     p.add_argument("--overwrite", action="store_true", help="recompute and replace existing results")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="skip cases whose results are complete and current (default)")
@@ -65,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(then they are reported 'locked'; default 60)")
     p.add_argument("--report", metavar="CSV", default="report.csv",
                    help="CSV report; a bare file name is placed in OUTDIR (default report.csv)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="spread the cases over Ray workers: alone, a Ray instance on this machine; 'auto' or "
+                        "ray://HOST:10001, an existing cluster (needs: pip install 'liverct-segmentation[cluster]')")
+    p.add_argument("--ray-actors", type=int, metavar="N",
+                   help="Ray workers (default: one per GPU, else the CPUs divided by --threads, 4 by default)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-case lines")
     p.add_argument("--json", action="store_true", help="print the per-case results and statistics as JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
@@ -227,6 +242,25 @@ def _main(argv: list) -> int:
         _err("--threads must be at least 1")
         return EXIT_USAGE
 
+    from .ray_cluster import check_ray_args
+
+    usage = check_ray_args(args)  # '--ray ct.nii.gz' gives the file back to the inputs
+    if usage:
+        _err(usage)
+        return EXIT_USAGE
+
+    if args.dicom_sr and not args.dicom_seg:
+        _err("--dicom-sr needs the DICOM SEG it reports on; drop --no-dicom-seg.")
+        return EXIT_USAGE
+    from .dicomweb import is_dicomweb_url
+
+    if args.push and not any(is_dicomweb_url(i) for i in args.inputs):
+        _err("--push stores results in a PACS: give a DICOMweb study or series URL as input.")
+        return EXIT_USAGE
+    if args.push and not args.dicom_seg:
+        _err("--push stores the DICOM SEG; drop --no-dicom-seg.")
+        return EXIT_USAGE
+
     demo = not args.inputs
     if demo:
         if not SAMPLE_CT.is_file():
@@ -235,7 +269,7 @@ def _main(argv: list) -> int:
         inputs = [SAMPLE_CT]
         outdir = Path(args.output or DEMO_OUTDIR)
     else:
-        inputs = [Path(i) for i in args.inputs]
+        inputs = [i if is_dicomweb_url(i) else Path(i) for i in args.inputs]  # Path() would mangle "//"
         outdir = Path(args.output or DEFAULT_OUTDIR)
 
     from . import run
@@ -266,7 +300,7 @@ def _main(argv: list) -> int:
     options = run.BatchOptions(
         device=args.device, fast=args.fast, threads=args.threads, label_format=args.format,
         write_seg_nrrd=not args.no_seg_nrrd, overlay=args.overlay, report_name=args.report,
-        lock_wait=max(args.lock_wait, 0.0),
+        lock_wait=max(args.lock_wait, 0.0), dicom_seg=args.dicom_seg, dicom_sr=args.dicom_sr, push=args.push,
     )
     show_progress = not args.quiet and sys.stderr.isatty()
     bar = _Bar(show_progress)
@@ -291,8 +325,13 @@ def _main(argv: list) -> int:
         print(f"note: model '{bundle.name}' is a demo trained on synthetic phantoms; not for real patients.",
               file=sys.stderr)
     try:
-        results = run.run_batch(inputs, outdir, options, bundle, progress=bar, resume=args.resume,
-                                  overwrite=args.overwrite, cancel_event=cancel, on_case_done=on_case_done)
+        runner, extra = run.run_batch, {}
+        if args.ray is not None:
+            from .ray_run import run_batch_ray
+
+            runner, extra = run_batch_ray, {"address": args.ray, "actors": args.ray_actors}
+        results = runner(inputs, outdir, options, bundle, progress=bar, resume=args.resume,
+                         overwrite=args.overwrite, cancel_event=cancel, on_case_done=on_case_done, **extra)
     except KeyboardInterrupt:
         cancel.set()
         bar.close()

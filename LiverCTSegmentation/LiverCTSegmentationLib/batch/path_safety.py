@@ -33,7 +33,7 @@ def _inside(p: Path, folder: Path) -> bool:
 
 
 def _input_paths(case: Case) -> list[Path]:
-    if case.error:
+    if case.error or case.kind == "dicomweb":  # a PACS series is no local path
         return []
     paths = [_real(case.path)]
     if case.kind == "file":
@@ -88,6 +88,6 @@ def plan_outputs(cases: list[Case], outdir: Path, options: BatchOptions) -> Path
     for c in cases:
         case_dir = out_real / c.name
         refuse(case_dir, f"the output folder of case '{c.name}'")
-        for p in output_paths(out_real, c.name, options).values():
+        for p in output_paths(out_real, c.name, options, c.kind).values():
             refuse(p, f"the output file of case '{c.name}'")
     return report

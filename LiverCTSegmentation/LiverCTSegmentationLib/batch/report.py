@@ -18,7 +18,7 @@ REPORT_COLUMNS = (
     + [f"seconds_{s}" for s in STAGES]
     + ["seconds_total", "liver_ml", "tumor_count", "tumor_ml", "burden_percent",
        "model_name", "model_version", "label_path", "seg_path", "stats_path", "lesions_path",
-       "overlay_path", "warnings", "finished_at"]
+       "overlay_path", "dicom_seg_path", "dicom_sr_path", "warnings", "finished_at"]
 )
 
 

@@ -7,7 +7,7 @@ RESULT_NAME = ".result.json"
 DONE_NAME = ".done.json"  # the completion manifest (see resume), written last
 STAGES = ("read", "check", "preprocess", "coarse", "fine", "postprocess", "resample", "statistics", "write",
           "overlay")
-OUTPUT_KEYS = ("label", "seg", "stats", "lesions", "overlay")
+OUTPUT_KEYS = ("label", "seg", "stats", "lesions", "overlay", "dicom_seg", "dicom_sr")
 # The true status of a case in a run. Only the first three mean "results are there".
 STATUSES = {
     "ok": "segmented by this run",

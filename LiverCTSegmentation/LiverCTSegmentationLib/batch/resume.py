@@ -28,7 +28,12 @@ MANIFEST_VERSION = 1
 
 def input_fingerprint(case: Case) -> dict:
     """Full SHA256 of every file the case reads (see this module's docstring); `InputError`
-    for a path that is not a regular file (a FIFO or device would never finish hashing)."""
+    for a path that is not a regular file (a FIFO or device would never finish hashing).
+    A DICOMweb case: its sorted SOP instance UIDs, asked from the PACS (``dicomweb.fingerprint``)."""
+    if case.kind == "dicomweb":
+        from .dicomweb import fingerprint, parse_url
+
+        return fingerprint(parse_url(case.url))
     h = hashlib.sha256()
     files = files_read(case.path, case.kind)
     base = case.path if case.kind == "dicom" else case.path.parent
@@ -54,7 +59,8 @@ def model_identity(bundle: Any) -> dict:
     return {"name": str(getattr(bundle, "name", "")), "version": str(getattr(bundle, "version", "")), "sha256": sha}
 
 
-def check_done(case_dir: Path, fingerprint: dict, model: dict, options: BatchOptions) -> tuple[bool, str, Optional[dict]]:
+def check_done(case_dir: Path, fingerprint: dict, model: dict, options: BatchOptions,
+               kind: str = "file") -> tuple[bool, str, Optional[dict]]:
     """Is the case complete for exactly this input, model and options? (ok, why-not, manifest)"""
     mf = case_dir / DONE_NAME
     try:
@@ -69,7 +75,7 @@ def check_done(case_dir: Path, fingerprint: dict, model: dict, options: BatchOpt
         return False, "input changed", None
     if manifest.get("model") != model:
         return False, "model changed", None
-    if manifest.get("options") != options.resume_key():
+    if manifest.get("options") != options.resume_key(kind):
         return False, "options changed", None
     for key, info in manifest.get("outputs", {}).items():
         p = case_dir / info["file"]
@@ -87,9 +93,9 @@ def done_manifest(case: Case, fingerprint: Optional[dict], model: dict, options:
     return {
         "manifest_version": MANIFEST_VERSION,
         "case": case.name,
-        "input": {"path": str(case.path), "kind": case.kind, **(fingerprint or {})},
+        "input": {"path": case.input, "kind": case.kind, **(fingerprint or {})},
         "model": model,
-        "options": options.resume_key(),
+        "options": options.resume_key(case.kind),
         "outputs": {k: {"file": Path(v).name, "sha256": sha256_file(v)} for k, v in paths.items()},
         "result": {"statistics": result.statistics, "outputs": result.outputs, "warnings": result.warnings},
         "finished_at": result.finished_at,

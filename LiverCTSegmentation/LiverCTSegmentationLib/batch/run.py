@@ -194,7 +194,7 @@ def run_batch(
     for attempt in range(2):
         for index, case in queue:
             if fatal is not None:
-                finish(CaseResult(case.name, str(case.path), "not-run", f"not run: {fatal}", "output",
+                finish(CaseResult(case.name, case.input, "not-run", f"not run: {fatal}", "output",
                                   **base, finished_at=_now()))
                 continue
             if cancel_event is not None and cancel_event.is_set():
@@ -210,7 +210,7 @@ def run_batch(
                 why = ("a run on another host; this run cannot tell whether it is still alive"
                        if locked.holder.get("host") != socket.gethostname()
                        else f"still held after waiting {options.lock_wait:g} s")
-                r = CaseResult(case.name, str(case.path), "locked",
+                r = CaseResult(case.name, case.input, "locked",
                                f"not run: {locked} ({why}). Rerun when that run has finished, or delete "
                                f"{outdir / case.name / LOCK_NAME} if it is gone.", "locked",
                                **base, finished_at=_now())
@@ -227,8 +227,8 @@ def run_batch(
 
 def _remove_outputs(case_dir: Path, case: str) -> None:
     """Every output file a run of ``case`` may have written (all formats and options)."""
-    for options in (BatchOptions(label_format="nifti"), BatchOptions(label_format="nrrd")):
-        for p in output_paths(case_dir.parent, case, options).values():
+    for options in (BatchOptions(label_format="nifti", dicom_sr=True), BatchOptions(label_format="nrrd")):
+        for p in output_paths(case_dir.parent, case, options, "dicom").values():
             unlink_quietly(p)
 
 
@@ -262,7 +262,7 @@ def _run_case(case: Case, outdir: Path, options: BatchOptions, bundle: Any, mode
     try:
         lock = _claim(case, outdir, progress, cancel_event, lock_wait)
     except OutputError as err:
-        r = CaseResult(case.name, str(case.path), "failed", str(err), "output", **base, finished_at=_now())
+        r = CaseResult(case.name, case.input, "failed", str(err), "output", **base, finished_at=_now())
         r._enospc = getattr(err, "errno", None) == errno.ENOSPC  # type: ignore[attr-defined]
         return r
 
@@ -275,13 +275,13 @@ def _run_case(case: Case, outdir: Path, options: BatchOptions, bundle: Any, mode
             raise InputError(case.error)
         fp = input_fingerprint(case)  # InputError for a FIFO/device: never read, never hashed
         if resume and not overwrite:
-            done, _why, manifest = check_done(case_dir, fp, model, options)
+            done, _why, manifest = check_done(case_dir, fp, model, options, case.kind)
             if done:
                 prev = manifest.get("result", {})
                 # Completed after this batch started, not by it: a concurrent run computed it.
                 by_other = float(manifest.get("finished_epoch", 0) or 0) >= batch_started
                 status = "done-by-other-run" if by_other else "skipped"
-                r = CaseResult(case.name, str(case.path), status,
+                r = CaseResult(case.name, case.input, status,
                                "computed meanwhile by a concurrent run" if by_other else "", "", timings={},
                                statistics=prev.get("statistics", {}), outputs=prev.get("outputs", {}),
                                warnings=prev.get("warnings", []), **base)
@@ -290,7 +290,7 @@ def _run_case(case: Case, outdir: Path, options: BatchOptions, bundle: Any, mode
                 write_json_atomic(case_dir / RESULT_NAME, r.to_dict())
                 completed = True
                 return r
-        paths = output_paths(outdir, case.name, options)
+        paths = output_paths(outdir, case.name, options, case.kind)
         if not overwrite and not resume and (case_dir / DONE_NAME).exists():
             raise OutputError(
                 f"results already exist in {case_dir}. Use --overwrite to replace them or --resume to keep them."
@@ -312,14 +312,14 @@ def _run_case(case: Case, outdir: Path, options: BatchOptions, bundle: Any, mode
         if writing:  # no partial files: the interrupted case leaves only its record
             _remove_outputs(case_dir, case.name)
             _record_quietly(case_dir, CaseResult(
-                case.name, str(case.path), "failed", "cancelled before completion; rerun to redo this case",
+                case.name, case.input, "failed", "cancelled before completion; rerun to redo this case",
                 "cancelled", **base, finished_at=_now()))
         raise
     except _UnusableModel as err:
         unusable = True
         raise err.error from None
     except Exception as err:  # per-case isolation: record and go on
-        r = CaseResult(case.name, str(case.path), "failed", **base)
+        r = CaseResult(case.name, case.input, "failed", **base)
         if isinstance(err, LiverSegError):
             r.error, r.error_kind = str(err), getattr(err, "code", "error")
             r._enospc = getattr(err, "errno", None) == errno.ENOSPC or isinstance(  # type: ignore[attr-defined]

@@ -1,7 +1,9 @@
-"""One case's actual work: read, check, segment, then write the label map, Slicer
-segmentation, lesion CSV, overlay and statistics JSON (each atomically)."""
+"""One case's actual work: read (a DICOMweb case: fetch the series first), check, segment, then
+write the label map, Slicer segmentation, DICOM SEG/SR, lesion CSV, overlay and statistics JSON
+(each atomically) and, with --push, store the SEG/SR back in the PACS study."""
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +65,24 @@ def segment_case(case: Case, case_dir: Path, paths: dict[str, Path], outdir: Pat
 
     ``progress(fraction of this case, stage)``; ``fp`` is the input fingerprint recorded
     in the stats; ``base`` holds model_name/model_version for the result."""
+    if case.kind != "dicomweb":
+        if not case.path.exists():
+            raise InputError(f"{case.path} does not exist. Check the path.")
+        return _segment(case, case.path, paths, outdir, options, bundle, progress, cancel_event, fp, base, 0.0)
+    from .dicomweb import fetch_series, parse_url
+
+    # The fetched series lives only as long as this case: the PACS keeps the original.
+    with tempfile.TemporaryDirectory(prefix="liverseg-pacs-") as tmp:
+        t = time.perf_counter()
+        progress(0.0, "fetch from PACS")
+        fetch_series(parse_url(case.url), Path(tmp) / "series")
+        return _segment(case, Path(tmp) / "series", paths, outdir, options, bundle, progress, cancel_event, fp,
+                        base, time.perf_counter() - t)
+
+
+def _segment(case: Case, source: Path, paths: dict[str, Path], outdir: Path, options: BatchOptions, bundle: Any,
+             progress: Callable[[float, str], None], cancel_event: Optional[threading.Event], fp: Optional[dict],
+             base: dict, fetch_seconds: float) -> CaseResult:
     from ..engine import checks, io, pipeline
 
     timings: dict[str, float] = {}
@@ -70,10 +90,8 @@ def segment_case(case: Case, case_dir: Path, paths: dict[str, Path], outdir: Pat
 
     t = time.perf_counter()
     prog.stage("read", 0.0, 0.05)
-    if not case.path.exists():
-        raise InputError(f"{case.path} does not exist. Check the path.")
-    vol = io.read_volume(case.path)
-    timings["read"] = time.perf_counter() - t
+    vol = io.read_volume(source)
+    timings["read"] = time.perf_counter() - t + fetch_seconds  # reading from a PACS starts with the fetch
 
     t = time.perf_counter()
     prog.stage("check", 0.05, 0.08)
@@ -103,9 +121,12 @@ def segment_case(case: Case, case_dir: Path, paths: dict[str, Path], outdir: Pat
         io.write_volume(res.labelmap, paths["label"], overwrite=True)
         if seg_job is not None:
             seg_job.result()  # re-raises its OutputError here
+    if "dicom_seg" in paths:
+        _write_dicom(vol, res, paths, labels, base, warnings)
     stats = _stats_dict(res.statistics)
     lesions = _lesion_rows(res.statistics)
     write_csv_atomic(paths["lesions"], lesions, LESION_COLUMNS)
+    pushed = _push(case, paths) if options.push and case.kind == "dicomweb" else []
     timings["write"] = time.perf_counter() - t
     prog.check()
 
@@ -122,15 +143,15 @@ def segment_case(case: Case, case_dir: Path, paths: dict[str, Path], outdir: Pat
             del paths["overlay"]  # not an output of this case (nor of its .done.json)
         timings["overlay"] = time.perf_counter() - t
 
-    r = CaseResult(case.name, str(case.path), "ok", timings=timings, statistics=stats,
+    r = CaseResult(case.name, case.input, "ok", timings=timings, statistics=stats,
                    outputs={k: _rel(outdir, v) for k, v in paths.items()}, warnings=warnings, **base)
     stats_doc = {
         "case": case.name,
-        "input": str(case.path),
+        "input": case.input,
         "input_sha256": (fp or {}).get("sha256"),
         "model": {"name": base["model_name"], "version": base["model_version"],
                   "demo": bool(getattr(bundle, "demo", False))},
-        "options": options.resume_key(),
+        "options": options.resume_key(case.kind),
         "statistics": stats,
         "lesions": lesions,
         "warnings": warnings,
@@ -138,5 +159,39 @@ def segment_case(case: Case, case_dir: Path, paths: dict[str, Path], outdir: Pat
         "geometry": {"size_ijk": list(vol.size_ijk), "spacing": list(vol.spacing), "origin": list(vol.origin),
                      "direction": vol.direction.tolist()},
     }
+    if pushed:
+        stats_doc["pacs"] = {"stored": pushed, "study_url": case.url}
     write_json_atomic(paths["stats"], stats_doc)  # stats last among outputs; timings of "overlay" included
     return r
+
+
+def _write_dicom(vol: Any, res: Any, paths: dict[str, Path], labels: list, base: dict, warnings: list) -> None:
+    """The DICOM SEG (and SR) over the source series; without highdicom a note, never a failed case."""
+    try:
+        from ..engine import dicom_seg
+
+        files = dicom_seg.series_files(vol)
+        seg = dicom_seg.write_dicom_seg(res.labelmap, files, labels, paths["dicom_seg"], base["model_name"],
+                                        base["model_version"], overwrite=True)
+        if "dicom_sr" in paths:
+            from ..engine import dicom_sr
+
+            dicom_sr.write_dicom_sr(seg, res.statistics, dicom_seg.read_source_headers(files), paths["dicom_sr"],
+                                    base["model_name"], base["model_version"], overwrite=True, labels=labels)
+    except ImportError as err:
+        warnings.append(f"DICOM SEG not written: {getattr(err, 'name', None) or err} is not installed "
+                        "(pip install highdicom, or use --no-dicom-seg)")
+        paths.pop("dicom_seg", None)
+        paths.pop("dicom_sr", None)
+
+
+def _push(case: Case, paths: dict[str, Path]) -> list[str]:
+    """STOW-RS the SEG (and SR) into the case's PACS study; returns the stored files' names."""
+    from .dicomweb import parse_url, push
+
+    files = [paths[k] for k in ("dicom_seg", "dicom_sr") if k in paths]
+    if not files:
+        raise InputError("--push has nothing to store: the DICOM SEG was not written (--no-dicom-seg or "
+                         "highdicom missing). Drop --no-dicom-seg or install highdicom.")
+    push(parse_url(case.url), files)
+    return [f.name for f in files]
