@@ -62,40 +62,37 @@ def read_source_headers(files: Sequence[str | os.PathLike]) -> list[Any]:
     return headers
 
 
-def _frame_indices(labelmap: Volume, ds: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labelmap (k, j, i) index arrays, each (rows, cols), of the pixels of source slice ``ds``."""
+def _frame(arr: np.ndarray, labelmap: Volume, ds: Any) -> np.ndarray:
+    """The labelmap's pixels of source slice ``ds`` as a (rows, cols) frame."""
     iop = np.array([float(x) for x in ds.ImageOrientationPatient])
     ipp = np.array([float(x) for x in ds.ImagePositionPatient])
     row_mm, col_mm = (float(x) for x in ds.PixelSpacing)  # between rows, between columns
     to_ijk = np.linalg.inv(labelmap.direction @ np.diag(labelmap.spacing))
-    ijk0 = to_ijk @ (ipp - np.asarray(labelmap.origin))
-    step_col = to_ijk @ (iop[:3] * col_mm)  # one column to the right
-    step_row = to_ijk @ (iop[3:] * row_mm)  # one row down
+    start = to_ijk @ (ipp - np.asarray(labelmap.origin))
+    steps = np.stack([to_ijk @ (iop[3:] * row_mm), to_ijk @ (iop[:3] * col_mm)])  # one row down, one column right
     rows, cols = int(ds.Rows), int(ds.Columns)
-    r = np.arange(rows, dtype=float)[:, None]
-    c = np.arange(cols, dtype=float)[None, :]
-    idx = []
-    for a in range(3):
-        exact = ijk0[a] + c * step_col[a] + r * step_row[a]
-        near = np.rint(exact)
-        corners = np.abs(exact - near)[[0, 0, -1, -1], [0, -1, 0, -1]]  # linear: corners bound the error
-        if corners.max() > GRID_TOL_VOXELS:
-            raise OutputError(
-                f"The labelmap is not on the grid of DICOM slice {ds.SOPInstanceUID} (off by "
-                f"{corners.max():.2f} voxel), so no DICOM SEG can reference it. Segment the DICOM series itself.")
-        idx.append(near.astype(np.int64))
-    i, j, k = idx
-    shape_ijk = labelmap.size_ijk
-    for ax, n in zip((i, j, k), shape_ijk):
-        if ax.min() < 0 or ax.max() >= n:
-            raise OutputError(f"DICOM slice {ds.SOPInstanceUID} lies outside the labelmap, so no DICOM SEG can "
-                              "reference it. Segment the whole DICOM series.")
-    return k, j, i
+    # Integer steps and start within GRID_TOL_VOXELS at every pixel (the error is linear in row and column).
+    off = np.abs(start - np.rint(start)) + np.abs(steps - np.rint(steps)).T @ np.array([rows - 1, cols - 1])
+    if off.max() > GRID_TOL_VOXELS:
+        raise OutputError(
+            f"The labelmap is not on the grid of DICOM slice {ds.SOPInstanceUID} (off by up to {off.max():.2f} "
+            "voxel), so no DICOM SEG can reference it. Segment the DICOM series itself.")
+    start, steps = np.rint(start).astype(np.int64), np.rint(steps).astype(np.int64)
+    ends = start + steps.T @ np.array([rows - 1, cols - 1])
+    lo, hi = np.minimum(start, ends), np.maximum(start, ends)
+    if lo.min() < 0 or np.any(hi >= np.array(labelmap.size_ijk)):
+        raise OutputError(f"DICOM slice {ds.SOPInstanceUID} lies outside the labelmap, so no DICOM SEG can "
+                          "reference it. Segment the whole DICOM series.")
+    r = np.arange(rows)[:, None]
+    c = np.arange(cols)[None, :]
+    # Index arrays broadcast from (rows, 1) and (1, cols); arr is indexed [k, j, i].
+    i, j, k = (start[a] + r * steps[0, a] + c * steps[1, a] for a in range(3))
+    return arr[k, j, i]
 
 
 def _frames(labelmap: Volume, headers: Sequence[Any]) -> np.ndarray:
     arr = np.asarray(labelmap.array)
-    return np.stack([arr[_frame_indices(labelmap, ds)] for ds in headers])
+    return np.stack([_frame(arr, labelmap, ds) for ds in headers])
 
 
 def _code(triple: Sequence[str]):

@@ -10,6 +10,7 @@ claim the whole tumour segment as the lesion.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Sequence
 
 from .atomic_write import atomic_write
@@ -85,11 +86,14 @@ def build_dicom_sr(seg: Any, statistics: Any, source_headers: Sequence[Any], mod
     report = sr.MeasurementReport(
         observation_context=sr.ObservationContext(observer_device_context=device),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups)
-    return sr.Comprehensive3DSR(
-        evidence=[seg, *source_headers], content=report, series_instance_uid=hd.UID(),
-        series_number=int(getattr(seg, "SeriesNumber", 0) or 0) + 1, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
-        series_description=f"Liver measurements ({model_name} {model_version})"[:64])
+    with warnings.catch_warnings():
+        # highdicom checks the source's PatientName, which is copied as it is: not this report's to fix.
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        return sr.Comprehensive3DSR(
+            evidence=[seg, *source_headers], content=report, series_instance_uid=hd.UID(),
+            series_number=int(getattr(seg, "SeriesNumber", 0) or 0) + 1, sop_instance_uid=hd.UID(),
+            instance_number=1, manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
+            series_description=f"Liver measurements ({model_name} {model_version})"[:64])
 
 
 def write_dicom_sr(seg: Any, statistics: Any, source_headers: Sequence[Any], path: str | os.PathLike,
