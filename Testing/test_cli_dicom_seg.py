@@ -83,3 +83,20 @@ def test_inconsistent_dicom_options_are_usage_errors(tmp_path: Path, capsys, arg
     assert main([str(tmp_path / "ct1"), "-o", str(tmp_path / "out"), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_real_ct_dicom_series(tmp_path: Path, bundle: Path) -> None:
+    from conftest import REAL_DATA_DIR
+    from LiverCTSegmentationLib.engine import dicom
+
+    src = REAL_DATA_DIR / "chaos_evalsample_ct.nii.gz"
+    if not src.is_file():
+        pytest.skip(f"real CT {src} not available")
+    dicom.write_dicom_series(io.read_volume(src), tmp_path / "CHAOS", rescale_intercept=-1024.0)
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "CHAOS"), "-o", str(out), "--model", str(bundle), "--no-overlay", "-q"]) == 0
+    case = out / "CHAOS"
+    label = io.read_volume(case / "CHAOS_label.nii.gz").array
+    assert label.any()
+    back = seg_to_labelmap_on(case / "CHAOS_seg.dcm", case / "CHAOS_label.nii.gz", tmp_path / "dcmqi")
+    assert np.array_equal(back, label), f"{int((back != label).sum())} voxels differ"
