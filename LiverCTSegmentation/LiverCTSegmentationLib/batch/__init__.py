@@ -12,3 +12,4 @@ from .run import (  # noqa: F401
     release_case, report_path, run_batch, sha256_file, write_bytes_atomic, write_json_atomic, write_report,
 )
 from .run import __all__  # noqa: F401
+from .ray_run import run_batch_ray  # noqa: F401,E402 - Ray itself is imported only when it runs

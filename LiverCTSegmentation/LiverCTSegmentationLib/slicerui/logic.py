@@ -161,8 +161,10 @@ class LiverCTSegmentationLogic(ScriptedLoadableModuleLogic):
 
     def processFiles(self, pathsOrFolder, outputFolder, model: Any = None, device: str = "auto", fast: bool = False,
                      progressCallback: Optional[ProgressCallback] = None, resume: bool = True,
-                     overlay: Optional[bool] = None):
+                     overlay: Optional[bool] = None, ray: Optional[str] = None):
         """Batch-segment files/folders to ``outputFolder`` (no scene changes); see ``batch.run_batch``.
+        ``ray``: spread the cases over Ray workers (``batch.run_batch_ray``): "local" (this computer),
+        "auto" or "ray://HOST:10001" (a cluster; inputs and output on storage its nodes see).
 
         Writes ``report.csv``; a second call resumes (finished cases are skipped).
         ``overlay``: write .png previews; None = only when matplotlib is installed
@@ -180,6 +182,7 @@ class LiverCTSegmentationLogic(ScriptedLoadableModuleLogic):
                              "written. Install it (pip_install('matplotlib')) to get them.")
         inputs = [pathsOrFolder] if isinstance(pathsOrFolder, (str, os.PathLike)) else list(pathsOrFolder)
         options = batch.BatchOptions(device=device or "auto", fast=bool(fast), overlay=bool(overlay))
-        return batch.run_batch(inputs, outputFolder, options=options, bundle=load_bundle(model),
-                               progress=Progress(progressCallback, self.cancelEvent), resume=resume,
-                               cancel_event=self.cancelEvent)
+        runner, extra = (batch.run_batch, {}) if ray is None else (batch.run_batch_ray, {"address": ray})
+        return runner(inputs, outputFolder, options=options, bundle=load_bundle(model),
+                      progress=Progress(progressCallback, self.cancelEvent), resume=resume,
+                      cancel_event=self.cancelEvent, **extra)
