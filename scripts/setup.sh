@@ -12,6 +12,6 @@ want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[training,test,mrml,webtest,dicom]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[training,test,mrml,webtest,dicom,cluster]"
   echo "$want" > "$stamp"
 fi
