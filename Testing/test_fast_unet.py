@@ -40,6 +40,19 @@ def test_logits_match_the_module(arch) -> None:
     assert float((got - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
 
 
+@pytest.mark.parametrize("slab_voxels", [1, 6 * 16 * 24, 10**9])
+def test_full_resolution_tail_in_slabs_is_exact(slab_voxels) -> None:
+    """Slabs of 2 rows, of 6 rows (the last one short), one slab: same logits as the module."""
+    net = _net(stem_stride=2)
+    x = torch.randn(1, 1, 40, 16, 24).contiguous(memory_format=torch.channels_last_3d)
+    run = fast_unet.FastUNet(net)
+    run.tail_slab_voxels = slab_voxels
+    with torch.inference_mode():
+        ref = net(x)
+        got = run(x)
+    assert float((got - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+
+
 def test_only_networks_it_reproduces_are_accepted() -> None:
     assert fast_unet.supports(_net())
     assert not fast_unet.supports(_net(norm="instance"))

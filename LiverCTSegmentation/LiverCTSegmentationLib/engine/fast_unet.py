@@ -42,6 +42,9 @@ def supports(net: Any) -> bool:
     return True
 
 
+TAIL_SLAB_VOXELS = 1 << 18  # full-resolution voxels per slab of the tail (~8 MB per 8-channel map)
+
+
 def _fold(conv, norm) -> tuple:
     """(weight, bias) of ``norm(conv(x))`` as one conv (eval-mode batch norm, or no norm)."""
     import torch
@@ -109,6 +112,7 @@ class FastUNet:
             w, b = _fold(net.refine[0], net.refine[1])
             self.refine = (_parity(w[:, :below]), w[:, below:].contiguous(), b)
         self.outc = _fold(net.outc, None)
+        self.tail_slab_voxels = TAIL_SLAB_VOXELS
         self._pointwise = hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
     @staticmethod
@@ -145,6 +149,43 @@ class FastUNet:
                     i += 1
         return out
 
+    def _rows(self, x, x0: int, total: int, wb, lo: int, hi: int, k: int, padding: int, relu: bool):
+        """Rows ``[lo, hi)`` (dim 2) of ``conv(X, wb, padding)`` for a map X of ``total`` rows of which
+        ``x`` holds rows ``[x0, x0 + len)``: exact, the zero padding applies at X's own ends only."""
+        a, b = max(0, lo - padding), min(total, hi - padding + k - 1)
+        return self._conv(x[:, :, a - x0:b - x0], wb, padding=padding, relu=relu)[:, :, lo - a:hi - a]
+
+    def _tail(self, inp, y):
+        """Logits of the full-resolution tail (full_res conv -> refine on [up(y), it] -> outc), in
+        slabs of rows: only the input, the low-resolution ``y`` and the logits exist at full size."""
+        import torch
+
+        wp, ws, b = self.refine
+        n, _, depth, hh, ww = inp.shape
+        d, h2, w2 = y.shape[2:]
+        step = max(2, (self.tail_slab_voxels // max(1, hh * ww)) // 2 * 2)
+        logits = torch.empty((n, self.outc[0].shape[0], depth, hh, ww), dtype=torch.float32,
+                             memory_format=torch.channels_last_3d)
+        c = ws.shape[0]
+        for z0 in range(0, depth, step):
+            z1 = min(depth, z0 + step)
+            f0, f1 = max(0, z0 - 1), min(depth, z1 + 1)
+            f = self._rows(inp, 0, depth, self.full_res, f0, f1, 3, 1, True)
+            out = self._rows(f, f0, depth, (ws, b), z0, z1, 3, 1, False)
+            del f
+            p0, p1 = z0 // 2, (z1 + 1) // 2 + 1
+            par = self._rows(y, 0, d, wp, p0, p1, 2, 1, False)  # parity rows p0..p1 of the padded conv
+            i = 0
+            for qz in (0, 1):
+                for qy in (0, 1):
+                    for qx in (0, 1):
+                        dst = out[:, :, qz::2, qy::2, qx::2]
+                        dst += par[:, i * c:(i + 1) * c, qz:qz + dst.shape[2], qy:qy + h2, qx:qx + w2]
+                        i += 1
+            del par
+            logits[:, :, z0:z1] = self._conv(torch.relu_(out), self.outc, padding=0, relu=False)
+        return logits
+
     def __call__(self, x):
         import torch
 
@@ -161,7 +202,7 @@ class FastUNet:
             for wp, ws, b, conv2 in self.ups:
                 y = self._conv(torch.relu_(self._up_conv(y, [skips.pop()], wp, ws, b)), conv2)
             if self.stem is not None:
-                y = torch.relu_(self._up_conv(y, [self._conv(inp, self.full_res)], *self.refine))
+                return self._tail(inp, y)
             return self._conv(y, self.outc, padding=0, relu=False)
 
 

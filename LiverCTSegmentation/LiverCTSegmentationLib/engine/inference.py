@@ -231,7 +231,9 @@ def sliding_window_predict(
                 logits = run(x)
             if spatial_dims == 2:
                 logits = logits.unsqueeze(2)
-            prob = torch.softmax(logits.float(), dim=1) * weight
+            prob = torch.softmax(logits.float(), dim=1)
+            del logits  # one window-sized class map at a time (memory)
+            prob *= weight
             for (a, b, c), p in zip(chunk, prob):
                 acc[:, a:a + patch[0], b:b + patch[1], c:c + patch[2]] += p
             if progress is not None:
