@@ -6,6 +6,7 @@ remote one through Ray Client. Ray is an optional dependency (the ``cluster`` ex
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -48,6 +49,8 @@ def connect(address: Optional[str]) -> bool:
     kwargs: dict = {"logging_level": "WARNING", "configure_logging": True}
     try:
         if address in (None, "", LOCAL):
+            # A private instance: Ray's notice that it protects its ports with a token says nothing to do.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(address="local", include_dashboard=False,
                      object_store_memory=LOCAL_OBJECT_STORE_BYTES, **kwargs)
         else:

@@ -1,10 +1,11 @@
 """``run_batch_ray``: the folder batch with its cases spread over a pool of Ray workers.
 
 The driver (this process) does what needs one view of the whole batch: discovery, the
-inputs-never-outputs check (``path_safety``), the schedule, ``report.csv`` and the progress
-bar. Each worker (``ray_worker.CaseWorker``, one per GPU or N on the CPUs) holds the model
-warm and runs a case with the single-machine batch's own per-case function, reading the CT
-from, and writing atomically into, storage every node sees. So every promise of
+inputs-never-outputs check (``path_safety``), the schedule, ``report.csv`` (rebuilt at most every
+``REPORT_EVERY_S`` and at the end) and the progress bar. Each worker (``ray_worker.CaseWorker``,
+one per GPU or N on the CPUs) holds the model warm and runs a case with the single-machine
+batch's own per-case function, reading the CT from, and writing atomically into, storage every
+node sees. So every promise of
 docs/guarantees.md holds unchanged: per-case locks, resume by fingerprints, ``.done.json``
 last, one failing case never stops the others. What Ray adds:
 
@@ -42,6 +43,7 @@ from .run import BatchProgress, _ensure_outdir, _load_bundle, _now, _record_quie
 
 CANCEL_GRACE_S = 15.0  # how long busy workers get to clean up after a cancel before the pool ends
 POLL_S = 0.25
+REPORT_EVERY_S = 2.0
 STATUS_EVERY_S = 0.5
 WORKER_DIED = ("the Ray worker running it ended unexpectedly twice (killed, out of memory, or its node left "
                "the cluster); not retried again. If the CT is large, give each worker more memory: fewer "
@@ -192,6 +194,7 @@ class _Schedule:
         self.fatal: Optional[OutputError] = None
         self.started = time.time()
         self._shown = 0.0
+        self._reported, self._report_due = -REPORT_EVERY_S, False
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> list[CaseResult]:
@@ -223,6 +226,8 @@ class _Schedule:
         finally:
             for w in list(self.pool.idle) + [w for w, _ in self.inflight.values()]:
                 self.pool.kill(w)
+        if self._report_due or not self.results:
+            self._report(force=True)
         if self.callback is not None:
             self.callback(1.0, "done")
         return [self.results[c.name] for c in self.cases if c.name in self.results]
@@ -274,12 +279,23 @@ class _Schedule:
 
     def _finish(self, r: CaseResult) -> None:
         self.results[r.case] = r
+        self._report(r)
+        if self.on_case_done is not None:
+            self.on_case_done(r)
+
+    def _report(self, r: Optional[CaseResult] = None, force: bool = False) -> None:
+        """Rebuild report.csv at most every REPORT_EVERY_S (it lists every case folder: per result on
+        10,000 cases it would cost more than the cases), and at the end."""
+        now = time.monotonic()
+        if not force and now - self._reported < REPORT_EVERY_S:
+            self._report_due = True
+            return
+        self._reported, self._report_due = now, False
         try:
             write_report(self.outdir, self.options, current=self.results.values())
         except OutputError as err:
-            r.warnings.append(f"report not updated: {err}")
-        if self.on_case_done is not None:
-            self.on_case_done(r)
+            if r is not None:
+                r.warnings.append(f"report not updated: {err}")
 
     def _locked_result(self, case: Case, holder: dict, worker_host: str) -> CaseResult:
         why = ("a run on another host; this run cannot tell whether it is still alive"
@@ -331,10 +347,7 @@ class _Schedule:
                     self._finish(out[1])
             if not ready:
                 break
-        try:
-            write_report(self.outdir, self.options, current=self.results.values())
-        except OutputError:
-            pass
+        self._report(force=True)
 
     # ------------------------------------------------------------------ progress
     def _show_progress(self) -> None:
