@@ -27,3 +27,15 @@ def test_card_has_no_machine_specific_path(card):
 
 def test_cards_are_found():
     assert len(CARDS) >= 3, CARDS
+
+
+def test_export_writes_the_command_as_typed_from_the_project_root(tmp_path):
+    """A new card gets no machine path either: presets by name, paths relative to the working directory."""
+    from liverct_training.config import CONFIG_DIR
+    from liverct_training.export import portable_command
+
+    cmd = (f"-m liverct_training.cli train {CONFIG_DIR / 'real_liver_tumor.yaml'} "
+           f"output.run_dir={tmp_path / 'runs' / 'fold-a'} data.split.test=[a] data.root=/data/LiTS")
+    assert portable_command(cmd, cwd=tmp_path) == (
+        "-m liverct_training.cli train real_liver_tumor output.run_dir=runs/fold-a data.split.test=[a] "
+        "data.root=/data/LiTS")

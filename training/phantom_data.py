@@ -1,6 +1,6 @@
 """Synthetic training data for the ``phantom`` preset, generated once into the cache.
 
-Phantoms come from ``engine.phantom.make_phantom`` with varied seeds,
+Phantoms come from ``synthetic.phantom.make_phantom`` with varied seeds,
 orientations and spacings, written as NIfTI pairs so the rest of the pipeline
 (stage caching, evaluation, export) treats them like any real dataset.
 A manifest records the generation parameters; changed parameters regenerate.
