@@ -88,6 +88,21 @@ def _parity(w) -> tuple:
     return wp, torch.zeros(wp.shape[0])
 
 
+def _add_parities(out, par, rows: int) -> None:
+    """``out[:, :, 2p+qz, 2q+qy, 2r+qx] += par[:, i*C:(i+1)*C, p+qz, q+qy, r+qx]`` for the 8 parities
+    i = 4qz + 2qy + qx, as ONE strided add (8 separate adds were 8 thread-pool round trips per call,
+    which cost most when the cores are shared). ``rows``: output rows p (dim 2) to fill."""
+    n, c = out.shape[:2]
+    h, w = out.shape[3] // 2, out.shape[4] // 2
+    so, sp = out.stride(), par.stride()
+    size = (n, c, rows, 2, h, 2, w, 2)
+    dst = out.as_strided(size, (so[0], so[1], 2 * so[2], so[2], 2 * so[3], so[3], 2 * so[4], so[4]),
+                         out.storage_offset())
+    src = par.as_strided(size, (sp[0], sp[1], sp[2], 4 * c * sp[1] + sp[2], sp[3], 2 * c * sp[1] + sp[3],
+                                sp[4], c * sp[1] + sp[4]), par.storage_offset())
+    dst += src
+
+
 class FastUNet:
     """Callable ``x [1, 1, D, H, W] -> logits`` with the folded weights of a ``UNet`` (see module doc)."""
 
@@ -138,15 +153,8 @@ class FastUNet:
         convs at the coarse levels, where oneDNN's per-call cost dominates.
         """
         out = self._conv(skip.pop(), (ws, b), padding=1, relu=False)  # [N, C, 2d, 2h, 2w]
-        c = out.shape[1]
-        d, h, w = low.shape[2:]
         par = self._conv(low, wp, padding=1, relu=False)  # [N, 8*C, d+1, h+1, w+1]
-        i = 0
-        for qz in (0, 1):
-            for qy in (0, 1):
-                for qx in (0, 1):
-                    out[:, :, qz::2, qy::2, qx::2] += par[:, i * c:(i + 1) * c, qz:qz + d, qy:qy + h, qx:qx + w]
-                    i += 1
+        _add_parities(out, par, low.shape[2])
         return out
 
     def _rows(self, x, x0: int, total: int, wb, lo: int, hi: int, k: int, padding: int, relu: bool):
@@ -162,11 +170,10 @@ class FastUNet:
 
         wp, ws, b = self.refine
         n, _, depth, hh, ww = inp.shape
-        d, h2, w2 = y.shape[2:]
+        d = y.shape[2]
         step = max(2, (self.tail_slab_voxels // max(1, hh * ww)) // 2 * 2)
         logits = torch.empty((n, self.outc[0].shape[0], depth, hh, ww), dtype=torch.float32,
                              memory_format=torch.channels_last_3d)
-        c = ws.shape[0]
         for z0 in range(0, depth, step):
             z1 = min(depth, z0 + step)
             f0, f1 = max(0, z0 - 1), min(depth, z1 + 1)
@@ -175,13 +182,7 @@ class FastUNet:
             del f
             p0, p1 = z0 // 2, (z1 + 1) // 2 + 1
             par = self._rows(y, 0, d, wp, p0, p1, 2, 1, False)  # parity rows p0..p1 of the padded conv
-            i = 0
-            for qz in (0, 1):
-                for qy in (0, 1):
-                    for qx in (0, 1):
-                        dst = out[:, :, qz::2, qy::2, qx::2]
-                        dst += par[:, i * c:(i + 1) * c, qz:qz + dst.shape[2], qy:qy + h2, qx:qx + w2]
-                        i += 1
+            _add_parities(out, par, (z1 - z0) // 2)
             del par
             logits[:, :, z0:z1] = self._conv(torch.relu_(out), self.outc, padding=0, relu=False)
         return logits
