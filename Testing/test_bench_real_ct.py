@@ -1,0 +1,53 @@
+"""bench/bench_real_ct.py: skips cleanly without ../shared, builds its full-size case with the right
+geometry, and reports the CPU features its children see."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_real_ct as B  # noqa: E402
+
+
+def test_absent_real_data_is_a_clean_skip(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(B, "CHAOS", tmp_path / "absent.nii.gz")
+    assert B.main(["--workdir", str(tmp_path / "w")]) == 0
+    assert "SKIP" in capsys.readouterr().out
+    assert not (tmp_path / "w").exists()
+
+
+def test_resampled_case_is_centred_on_the_source_with_air_outside(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    src = sitk.GetImageFromArray(np.full((10, 20, 20), 100, np.int16))
+    src.SetSpacing((2.0, 2.0, 4.0))
+    src.SetOrigin((-19.0, 5.0, 100.0))
+    path = tmp_path / "src.nii.gz"
+    sitk.WriteImage(src, str(path))
+    monkeypatch.setattr(B, "CHAOS", path)
+    monkeypatch.setattr(B, "SIZE_300", (32, 32, 60))
+    monkeypatch.setattr(B, "SPACING_300", (1.5, 1.5, 1.0))
+    out = sitk.ReadImage(str(B.build_chaos_300(tmp_path)))
+    assert out.GetSize() == (32, 32, 60) and out.GetSpacing() == (1.5, 1.5, 1.0)
+    centre = lambda im: np.array(im.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in im.GetSize()]))
+    assert np.allclose(centre(out), centre(src))
+    arr = sitk.GetArrayFromImage(out)
+    assert arr[30, 16, 16] == 100 and arr[0, 16, 16] == -1024 and arr[30, 0, 0] == -1024
+
+
+def test_features_worker_reports_what_the_child_sees():
+    import os
+    import subprocess
+
+    pytest.importorskip("torch")
+    env = {**os.environ, **B.AVX2_ENV, "PYTHONPATH": str(B.C.LIB_PARENT)}
+    out = subprocess.run([sys.executable, B.__file__, "--features-worker"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["torch_capability"] == "AVX2" and got["bf16_used"] is False
+    assert got["emulated"] == B.AVX2_ENV and set(got["flags"]) == set(B.FLAGS)
