@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,8 +40,10 @@ def test_pool_is_one_worker_per_gpu_or_cpus_over_threads():
     assert (cpu.actors, cpu.num_gpus, cpu.threads, cpu.device) == (16, 0.0, 4, "cpu")
     two = plan_pool({"CPU": 2}, "auto", actors=2)  # the bench's 2 workers on this 2-core machine
     assert (two.actors, two.threads, two.num_cpus) == (2, 1, 1.0)
-    over = plan_pool({"CPU": 2}, "auto", actors=4, threads=2)  # all placed: each reserves its share
-    assert over.actors == 4 and over.num_cpus == 0.5 and over.threads == 2
+    over = plan_pool({"CPU": 2}, "auto", actors=4)  # all placed: each reserves its share
+    assert over.actors == 4 and over.num_cpus == 0.5 and over.threads == 1
+    grow = plan_pool({"CPU": 0}, "auto", actors=8, threads=4)  # autoscaling: asks for what it needs
+    assert (grow.actors, grow.num_cpus, grow.threads) == (8, 4.0, 4)
     with pytest.raises(RayUnavailable, match="no GPU"):
         plan_pool({"CPU": 8}, "cuda")
 
@@ -76,7 +79,8 @@ def ray_cluster():
     need_engine()
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", object_store_memory=100 * 2**20)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             object_store_memory=100 * 2**20)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -124,6 +128,38 @@ def test_two_workers_give_the_single_process_labels_and_report(ray_cluster, mode
 
     again = run_batch_ray(inputs, tmp_path / "ray", FAST, model, actors=2)  # resume: verified, not redone
     assert [r.status for r in again] == ["skipped"] * 4
+
+
+@pytest.mark.timeout(180)
+def test_workers_the_cluster_cannot_place_never_hold_cases(ray_cluster, model, tmp_path):
+    """3 workers of 2 threads on 2 CPUs: one is placed, two wait forever; the batch ends on the one."""
+    from LiverCTSegmentationLib.batch.ray_run import run_batch_ray
+
+    inputs = _cases(tmp_path / "in", 3)
+    shown = []
+    got = run_batch_ray(inputs, tmp_path / "out", BatchOptions(device="cpu", overlay=False, threads=2), model,
+                        actors=3, progress=lambda f, s: shown.append(s))
+    assert [r.status for r in got] == ["ok"] * 3
+    assert shown[0].startswith("starting 3 Ray workers (2 CPU threads each)")
+
+
+class _NoPackageWorker:
+    """What a node without the package gives: the worker dies while it is created."""
+
+    def __init__(self, *args) -> None:
+        raise ImportError("No module named 'LiverCTSegmentationLib'")
+
+    def identity(self) -> dict:
+        return {}
+
+
+def test_workers_that_cannot_start_stop_the_batch_with_what_to_install(ray_cluster, model, tmp_path, monkeypatch):
+    from LiverCTSegmentationLib.batch import ray_run
+
+    monkeypatch.setattr(ray_run, "CaseWorker", _NoPackageWorker)
+    with pytest.raises(RayUnavailable, match=r"could not start .*Install the same liverct-segmentation\[cluster\]"):
+        ray_run.run_batch_ray(_cases(tmp_path / "in", 2), tmp_path / "out", FAST, model, actors=2)
+    assert not list((tmp_path / "out").glob("case*/.done.json"))
 
 
 def test_a_worker_killed_mid_case_has_it_redone_exactly_once(ray_cluster, model, tmp_path):
@@ -264,3 +300,53 @@ def test_slicer_process_files_takes_the_ray_option(ray_cluster, model, tmp_path)
                                                   progressCallback=lambda f, s: shown.append(s))
     assert [r.status for r in got] == ["ok", "ok"]
     assert any("Ray worker" in s for s in shown)  # it went through the pool, not the local runner
+
+
+_SCONTROL = '#!/bin/bash\n# stub: `scontrol show hostnames LIST` -> one name per line\necho "$3" | tr , "\\n"\n'
+_SRUN = """#!/bin/bash
+# stub: drop srun's options (-w takes a value) and run the step's command on this machine
+while [ $# -gt 0 ]; do
+  case "$1" in -w) shift 2 ;; -*) shift ;; *) break ;; esac
+done
+exec "$@"
+"""
+
+
+def test_sbatch_script_starts_ray_and_segments_on_the_allocation(model, tmp_path):
+    """scripts/cluster/ray.sbatch with SLURM's srun/scontrol stubbed to this machine (a 1-node job):
+    the head starts, the job waits for it, liverseg joins it by address, and the job ends its Ray."""
+    venv = Path(sys.executable).parent.parent
+    if not (venv / "bin" / "ray").exists() or not (venv / "bin" / "liverseg").exists():
+        pytest.skip(f"no ray/liverseg scripts in {venv} (pip install -e '.[cluster]')")
+    import socket
+
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, text in (("scontrol", _SCONTROL), ("srun", _SRUN)):
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**_env(), "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_NODELIST": "localhost",
+           "SLURM_CPUS_PER_TASK": "2", "VENV": str(venv), "RAY_PORT": str(port)}
+    env.pop("RAY_ADDRESS", None)
+    inputs = _cases(tmp_path / "in", 3)
+    script = ROOT / "scripts" / "cluster" / "ray.sbatch"
+    job = subprocess.Popen(["bash", str(script), str(inputs), str(tmp_path / "out"),
+                            "--model", str(model), "--device", "cpu", "--no-overlay", "-q"],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    try:
+        log, _ = job.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGTERM)
+        log, _ = job.communicate()
+    assert job.returncode == 0, log[-3000:]
+    joined = re.search(r"ray: 1 of 1 nodes at (\S+):(\d+)", log)
+    assert joined and int(joined[2]) == port, log[-3000:]
+    rows = read_report(tmp_path / "out" / "report.csv")
+    assert [(r["case"], r["status"]) for r in rows] == [(f"case{i}", "ok") for i in range(3)]
+    time.sleep(1)
+    with socket.socket() as s:  # the head's GCS port is closed: the job took its Ray down with it
+        assert s.connect_ex((joined[1], port)) != 0

@@ -56,6 +56,10 @@ def connect(address: Optional[str]) -> bool:
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
+        if "AuthToken" in f"{err} {err.__cause__}":
+            raise RayUnavailable(
+                f"the Ray cluster at '{address}' wants its authentication token. Set RAY_AUTH_MODE=token, with "
+                "the cluster's token in ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH), and rerun.") from err
         raise RayUnavailable(
             f"cannot join the Ray cluster at '{address}' ({err}). Check that 'ray status' works on "
             "this machine (for 'auto'), or that ray://HOST:10001 is the head's client port.") from err
@@ -82,9 +86,10 @@ def plan_pool(resources: dict, device: str, actors: Optional[int] = None,
     """Size the pool from the cluster's resources (``ray.cluster_resources()``).
 
     GPUs (device auto or cuda, and the cluster has some): one worker per GPU, each with an equal
-    share of the CPUs for reading and writing. CPUs: ``threads`` per worker (default 4, fewer
-    on a smaller machine) and as many workers as fit, or ``actors`` workers sharing the CPUs.
-    ``actors`` caps the count either way."""
+    share of the CPUs for reading and writing; ``actors`` caps the count. CPUs: ``threads`` per
+    worker (default 4, fewer on a smaller machine) and as many workers as fit, or ``actors``
+    workers sharing the CPUs. Given both, each of the ``actors`` workers reserves ``threads``
+    CPUs, whether the cluster has them yet or not (an autoscaler starts nodes for them)."""
     cpus = max(1, int(resources.get("CPU", 1)))
     gpus = int(resources.get("GPU", 0))
     if actors is not None and actors < 1:
@@ -97,8 +102,10 @@ def plan_pool(resources: dict, device: str, actors: Optional[int] = None,
         raise RayUnavailable("--device cuda, but the Ray cluster has no GPU. Use --device cpu, or add GPU nodes.")
     if device == "mps":
         raise RayUnavailable("--device mps is not available on Ray workers. Use --device cpu.")
-    if threads is None:
-        threads = max(1, cpus // actors) if actors else min(4, cpus)
+    if threads is not None:  # as asked: an autoscaling cluster adds nodes for workers that do not fit yet
+        n = actors or max(1, cpus // threads)
+        return PoolPlan(n, float(threads), 0.0, threads, "cpu")
+    threads = max(1, cpus // actors) if actors else min(4, cpus)
     n = actors or max(1, cpus // threads)
     return PoolPlan(n, _reserve(min(threads, cpus / n)), 0.0, threads, "cpu")
 

@@ -34,7 +34,7 @@ from .cases import Case, discover_cases
 from .locking import LOCK_NAME, describe_holder, folder_mutex
 from .options import BatchOptions
 from .path_safety import plan_outputs
-from .ray_cluster import PoolPlan, connect, import_ray, plan_pool
+from .ray_cluster import PoolPlan, RayUnavailable, connect, import_ray, plan_pool
 from .ray_worker import CaseWorker, worker_options
 from .report import write_report
 from .results import CaseResult
@@ -62,6 +62,7 @@ class _Task:
 class _Worker:
     handle: Any
     identity: Any  # ObjectRef of CaseWorker.identity()
+    who: Optional[dict] = None  # its host and pid, once it has answered
     state: tuple = ("", 0.0, "")
     status_ref: Any = None
     polled: float = 0.0
@@ -69,20 +70,35 @@ class _Worker:
 
 @dataclass
 class _Pool:
+    """Workers are "starting" until they answer identity(): only then do they get cases, so a worker
+    Ray cannot place (a fixed cluster asked for more than it has) never holds a case back."""
+
     ray: Any
     cls: Any
     args: tuple
     idle: list = field(default_factory=list)
+    starting: list = field(default_factory=list)
 
     def add(self) -> None:
         h = self.cls.remote(*self.args)
-        self.idle.append(_Worker(h, h.identity.remote()))
+        self.starting.append(_Worker(h, h.identity.remote()))
 
-    def host_pid(self, w: _Worker) -> Optional[dict]:
-        try:
-            return self.ray.get(w.identity, timeout=0)
-        except Exception:  # noqa: BLE001 - died before it answered, or has not answered yet
-            return None
+    def admit(self) -> str:
+        """Started workers become idle; one that died starting is dropped. Returns the last such error."""
+        if not self.starting:
+            return ""
+        refs = [w.identity for w in self.starting]
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
+        error = ""
+        for w in [w for w in self.starting if w.identity in ready]:
+            self.starting.remove(w)
+            try:
+                w.who = self.ray.get(w.identity)
+                self.idle.append(w)
+            except Exception as err:  # noqa: BLE001 - e.g. the package is missing on that node
+                error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+                self.kill(w)
+        return error
 
     def kill(self, w: _Worker) -> None:
         try:
@@ -204,8 +220,9 @@ class _Schedule:
             while True:
                 if self.cancel_event is not None and self.cancel_event.is_set():
                     raise Cancelled("Batch cancelled by the user; completed cases are kept.")
+                self._admit_workers()
                 self._submit()
-                if not self.inflight:
+                if not self.inflight and not self.pending:
                     if not self.deferred:
                         break
                     # Second pass, as in run_batch: wait (lock_wait) for cases other runs were holding.
@@ -213,24 +230,32 @@ class _Schedule:
                                         for t in self.deferred)
                     self.deferred = []
                     continue
-                refs = list(self.inflight)
+                refs = list(self.inflight) + [w.identity for w in self.pool.starting]
                 ready, _ = self.ray.wait(refs, num_returns=1, timeout=POLL_S)
                 if ready:
                     ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
                 for ref in ready:
-                    self._collect(ref)
+                    if ref in self.inflight:  # a starting worker's answer is taken by _admit_workers
+                        self._collect(ref)
                 self._show_progress()
         except BaseException:
             self._stop_busy_workers()
             raise
         finally:
-            for w in list(self.pool.idle) + [w for w, _ in self.inflight.values()]:
+            for w in self.pool.idle + self.pool.starting + [w for w, _ in self.inflight.values()]:
                 self.pool.kill(w)
         if self._report_due or not self.results:
             self._report(force=True)
         if self.callback is not None:
             self.callback(1.0, "done")
         return [self.results[c.name] for c in self.cases if c.name in self.results]
+
+    def _admit_workers(self) -> None:
+        error = self.pool.admit()
+        if error and not (self.pool.idle or self.pool.starting or self.inflight):
+            raise RayUnavailable(
+                f"the Ray workers could not start ({error}). Install the same liverct-segmentation[cluster] "
+                "on every node (or in the cluster's image), and check the nodes with 'ray status'.")
 
     def _submit(self) -> None:
         while self.pending and (self.fatal is not None or self.pool.idle):
@@ -308,7 +333,7 @@ class _Schedule:
 
     # --------------------------------------------------------- deaths and cancel
     def _worker_died(self, w: _Worker, task: _Task) -> None:
-        who = self.pool.host_pid(w)
+        who = w.who
         self.pool.kill(w)
         self.pool.add()  # a fresh worker takes its place (the retry goes to whichever is idle first)
         case_dir = self.outdir / task.case.name
@@ -373,6 +398,8 @@ class _Schedule:
         n, done = len(self.cases), len(self.results)
         fraction = (done + sum(min(max(s[1], 0.0), 1.0) for s in running)) / max(n, 1)
         text = f"{done}/{n} done, {len(busy)} running"
+        if not busy and self.pool.starting:
+            text += f", waiting for {len(self.pool.starting)} Ray worker(s) to start"
         if running:
             case, _f, stage = max(running, key=lambda s: s[1])
             text += f"; {case}: {stage}"
