@@ -120,7 +120,8 @@ def _autocast(device, bf16: bool):
 
 def _single_window(net, img: np.ndarray, shape: tuple, device, bf16: bool, progress: Optional[Progress],
                    pad_value: Optional[float], channels_last: bool,
-                   foreground_out: Optional[list] = None, executor: Optional[Callable] = None) -> np.ndarray:
+                   foreground_out: Optional[list] = None, executor: Optional[Callable] = None,
+                   probabilities_out: Optional[list] = None) -> np.ndarray:
     """Class map of ``img`` from one forward pass over it, padded at the far ends to ``shape``."""
     import torch
 
@@ -142,6 +143,9 @@ def _single_window(net, img: np.ndarray, shape: tuple, device, bf16: bool, progr
     if foreground_out is not None:
         fg = 1.0 - torch.softmax(logits.float(), dim=0)[0, : orig[0], : orig[1], : orig[2]]
         foreground_out.append(np.ascontiguousarray(fg.cpu().numpy()))
+    if probabilities_out is not None:
+        p = torch.softmax(logits.float(), dim=0)[:, : orig[0], : orig[1], : orig[2]]
+        probabilities_out.append(np.ascontiguousarray(p.to(torch.float16).cpu().numpy()))
     if progress is not None:
         progress.report(1.0)
     return np.ascontiguousarray(cls.cpu().numpy())
@@ -164,6 +168,7 @@ def sliding_window_predict(
     divisor: int = 1,
     foreground_out: Optional[list] = None,
     executor: Optional[Callable] = None,
+    probabilities_out: Optional[list] = None,
 ) -> np.ndarray:
     """Class map (uint8, same shape as ``image_kji``) of a normalised float32 image.
 
@@ -175,6 +180,8 @@ def sliding_window_predict(
     divisor), has at most that many voxels is run as one window (see module doc).
     ``foreground_out``: a list to which the per-voxel probability of any non-background
     class (float32, same shape) is appended (the pipeline's plausibility check uses it).
+    ``probabilities_out``: a list to which the per-class probabilities (float16, [classes, k, j, i])
+    are appended (``--probabilities`` and the uncertainty passes use them).
     ``executor``: called instead of ``net`` on 3D windows (``fast_unet.cpu_executor``: the same
     logits from folded weights, less time and memory).
     """
@@ -193,7 +200,7 @@ def sliding_window_predict(
         whole = tuple(max(p, -(-s // d) * d) for s, p in zip(img.shape, patch))
         if int(np.prod(whole, dtype=np.int64)) <= max_window_voxels:
             return _single_window(net, img, whole, device, bf16, progress, pad_value, channels_last,
-                                  foreground_out, executor)
+                                  foreground_out, executor, probabilities_out)
         big = enlarged_window(whole, patch, d, max_window_voxels)
         if big != patch:  # few large windows, thin overlap, one at a time (memory)
             pv = float(img.min()) if pad_value is None else float(pad_value)
@@ -243,4 +250,7 @@ def sliding_window_predict(
     if foreground_out is not None:  # each window's softmax sums to its weight: class sum = weight sum
         crop = acc[:, : orig_shape[0], : orig_shape[1], : orig_shape[2]]
         foreground_out.append(np.ascontiguousarray((1.0 - crop[0] / crop.sum(0)).cpu().numpy()))
+    if probabilities_out is not None:
+        crop = acc[:, : orig_shape[0], : orig_shape[1], : orig_shape[2]]
+        probabilities_out.append(np.ascontiguousarray((crop / crop.sum(0)).to(torch.float16).cpu().numpy()))
     return np.ascontiguousarray(cls.cpu().numpy())

@@ -52,11 +52,13 @@ from .errors import InputError, ResourceError, is_cpu_out_of_memory
 from .postprocess import lesions_only
 from .progress import Progress
 from .stage_pass import GPU_RESAMPLE_OOM, itk_if_gpu_full, run_stage, torch_resampler
+from .uncertainty import VARIANTS
 from .volume import Volume
 
 __all__ = ["SegmentOptions", "SegmentationResult", "segment", "GPU_RESAMPLE_OOM", "FAST_OVERLAP"]
 
 FAST_OVERLAP = 0.25
+LOW_CONFIDENCE = 0.9  # expected liver Dice under test-time augmentation below which a result is flagged
 
 
 @dataclass
@@ -73,6 +75,11 @@ class SegmentOptions:
     # "torch" (resample_torch on the inference device, same interpolation to float32 rounding), or
     # "auto": torch on a CUDA GPU, where it saves copying the CT into ITK; ITK elsewhere.
     resampler: str = "auto"
+    # Extra outputs from the last stage: its liver and tumour probabilities (uint8 0-255 on the input
+    # grid, from the same pass), and a test-time-augmentation uncertainty map + confidence score
+    # (engine/uncertainty.py; 4 more passes of that stage).
+    probabilities: bool = False
+    uncertainty: bool = False
 
 
 @dataclass
@@ -84,6 +91,10 @@ class SegmentationResult:
     bundle_name: str = ""
     bundle_version: str = ""
     device: str = "cpu"
+    # name -> uint8 Volume on the input grid: "liver_probability", "tumor_probability" (0-255 for
+    # 0-1), "uncertainty" (0-255 for normalised entropy 0-1); only the ones asked for.
+    maps: dict = field(default_factory=dict)
+    confidence: Optional[float] = None  # mean liver Dice of the TTA variants vs the plain pass
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -112,6 +123,41 @@ def _lesion_statistics(label: Volume, bundle):
     # An absent organ value: organ volume is then the lesions only, reported as 0 with burden 0.
     stats = compute_statistics(label.with_array(arr), liver_label=255, tumor_label=values[0])
     return replace(stats, liver_ml=0.0, burden_percent=0.0)
+
+
+def _to_input_grid(values: np.ndarray, grid: Volume, region: Volume, volume: Volume) -> Volume:
+    """A [0, 1] map on a stage grid -> uint8 0-255 on the input's grid (linear inside the stage's
+    region, 0 outside it); only the region's box is resampled (memory bounded by the box)."""
+    from .preprocess import resample_like
+
+    on_region = resample_like(grid.with_array(values.astype(np.float32)), region, "linear", 0.0).array
+    out = np.zeros(volume.shape_kji[:3], np.uint8)
+    lo = np.rint(np.linalg.solve(volume.ijk_to_lps()[:3, :3],
+                                 np.asarray(region.origin, float) - np.asarray(volume.origin, float))).astype(int)
+    k0, j0, i0 = int(lo[2]), int(lo[1]), int(lo[0])
+    kk, jj, ii = on_region.shape
+    out[k0:k0 + kk, j0:j0 + jj, i0:i0 + ii] = np.clip(np.rint(on_region * 255.0), 0, 255).astype(np.uint8)
+    return volume.with_array(out)
+
+
+def _probability_maps(passes: list, class_to_label, grid: Volume, region: Volume, volume: Volume,
+                      probabilities: bool, uncertainty: bool, confidence: list) -> dict:
+    """The requested maps from the last stage's passes ([plain, TTA variants...] per-class probabilities)."""
+    from .uncertainty import summarise
+
+    c2l = list(class_to_label)
+    organ = [c for c, lab in enumerate(c2l) if int(lab) in (1, 2)] or list(range(1, len(c2l)))
+    maps = {}
+    if probabilities:
+        plain = passes[0].astype(np.float32)
+        maps["liver_probability"] = _to_input_grid(plain[organ].sum(0), grid, region, volume)
+        if 2 in c2l:
+            maps["tumor_probability"] = _to_input_grid(plain[c2l.index(2)], grid, region, volume)
+    if uncertainty:
+        summary = summarise(passes, organ)
+        maps["uncertainty"] = _to_input_grid(summary.uncertainty, grid, region, volume)
+        confidence.append(summary.confidence)
+    return maps
 
 
 def _roi_crop(volume: Volume, roi_lps) -> Volume:
@@ -176,6 +222,9 @@ def _segment(volume: Volume, bundle, options: Optional[SegmentOptions], progress
     has_fine = "fine" in bundle.stages
     lesion_bundle = lesions_only(bundle.description)
     target = _target_name(bundle)
+    extra_maps: dict = {}  # --probabilities / --uncertainty outputs on the input grid
+    confidence: list = []
+    want_probs = bool(options.probabilities or options.uncertainty)
     coarse_fg: list = []  # organ bundles: the coarse pass's non-background probability map
     liver_probability: list = []  # its mean inside the coarse liver (the plausibility check's input)
 
@@ -196,15 +245,22 @@ def _segment(volume: Volume, bundle, options: Optional[SegmentOptions], progress
         timings["statistics"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         progress.report(1.0, "done")
-        return SegmentationResult(label, stats, timings, warnings, bundle.name, bundle.version, str(device))
+        res = SegmentationResult(label, stats, timings, warnings, bundle.name, bundle.version, str(device))
+        res.maps, res.confidence = extra_maps, confidence[0] if confidence else None
+        if res.confidence is not None and res.confidence < LOW_CONFIDENCE:
+            warnings.append(f"Review before use: the liver changed under small shifts of the image (confidence "
+                            f"{res.confidence:.2f} < {LOW_CONFIDENCE}); see the uncertainty map.")
+        return res
 
     # ---------------------------------------------------------- coarse
     search = volume if options.roi_lps is None else _roi_crop(volume, options.roi_lps)
     progress.stage("coarse", 0.0, 0.45 if has_fine else 0.85)
     t = time.perf_counter()
+    last_probs: Optional[list] = [] if want_probs and not has_fine else None
     coarse, t_pre, resample_device = run_stage(bundle, "coarse", search, device, bf16, overlap, options.batch_size,
                                                 progress, max_window, resample_device, warnings,
-                                                None if lesion_bundle else coarse_fg)
+                                                None if lesion_bundle else coarse_fg, last_probs,
+                                                VARIANTS if options.uncertainty else ())
     timings["preprocess"] = t_pre
     timings["coarse"] = time.perf_counter() - t - t_pre
     # Lesion bundles: every component is a finding (the largest alone would drop all other lesions).
@@ -236,13 +292,24 @@ def _segment(volume: Volume, bundle, options: Optional[SegmentOptions], progress
         if rng is None:  # pragma: no cover - coarse grid lies inside the input by construction
             raise InputError("Internal geometry error: liver box outside the image.")
         box = crop_box(volume, *rng)
+        last_probs = [] if want_probs else None
         fine, t_pre, resample_device = run_stage(bundle, "fine", box, device, bf16, overlap, options.batch_size,
-                                                  progress, max_window, resample_device, warnings)
+                                                  progress, max_window, resample_device, warnings, None,
+                                                  last_probs, VARIANTS if options.uncertainty else ())
         timings["preprocess"] += t_pre
         timings["fine"] = time.perf_counter() - t - t_pre
         label = fine
     else:
         label = coarse.with_array(np.where(liver, coarse.array, 0).astype(np.uint8))
+
+    if last_probs:
+        t = time.perf_counter()
+        region, grid = (box, fine) if has_fine else (search, coarse)
+        st = bundle.stages["fine" if has_fine else "coarse"]
+        extra_maps.update(_probability_maps(last_probs, st.class_to_label, grid, region, volume,
+                                            options.probabilities, options.uncertainty, confidence))
+        last_probs.clear()
+        timings["maps"] = time.perf_counter() - t
 
     # ----------------------------------------------------- postprocess
     progress.stage("postprocess", 0.9, 0.97)

@@ -8,7 +8,7 @@ network is a ``ResourceError`` that says what to do.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -73,10 +73,14 @@ def itk_if_gpu_full(run: Callable[[Any], Any], resample_device, warnings: list) 
 
 def run_stage(bundle, name: str, vol: Volume, device, bf16: bool, overlap: float, batch_size: int,
               progress: Progress, max_window_voxels: int = 0, resample_device=None,
-              warnings: Optional[list] = None, foreground: Optional[list] = None) -> tuple[Volume, float, Any]:
+              warnings: Optional[list] = None, foreground: Optional[list] = None,
+              probabilities: Optional[list] = None, variants: Sequence = ()) -> tuple[Volume, float, Any]:
     """Resample + normalise + sliding window; returns (label Volume on the stage grid, preprocess
     seconds, the resample device for the next steps). ``foreground``: a list to which the stage
-    grid's per-voxel probability of any non-background class is appended."""
+    grid's per-voxel probability of any non-background class is appended. ``probabilities``: a
+    list to which the per-class probabilities (float16 [classes, k, j, i]) of the plain pass are
+    appended, then those of each test-time ``variants`` pass (``uncertainty.Variant``), undone
+    onto the same grid; the labels are always the plain pass's."""
     import torch
 
     from .errors import ResourceError
@@ -94,14 +98,23 @@ def run_stage(bundle, name: str, vol: Volume, device, bf16: bool, overlap: float
         # Instance/group norm take statistics over the window itself: a window larger than the
         # training patch changes the output (measured: liver Dice 0.85 -> 0.70), so tile at patch size.
         max_window_voxels = 0
-    try:
-        cls = sliding_window_predict(
-            net, x, st.patch_size, st.n_classes, overlap=overlap, batch_size=batch_size, device=device,
+    pad = float(x.min()) if x.size else 0.0
+
+    def predict(image: np.ndarray, probs: Optional[list], fg: Optional[list] = None) -> np.ndarray:
+        return sliding_window_predict(
+            net, image, st.patch_size, st.n_classes, overlap=overlap, batch_size=batch_size, device=device,
             bf16=bf16, progress=progress, spatial_dims=spatial_dims(st.architecture),
-            pad_value=float(x.min()) if x.size else 0.0, max_window_voxels=max_window_voxels,
-            divisor=required_divisor(st.architecture), foreground_out=foreground,
-            executor=cpu_executor(net, device, bf16),
+            pad_value=pad, max_window_voxels=max_window_voxels,
+            divisor=required_divisor(st.architecture), foreground_out=fg,
+            executor=cpu_executor(net, device, bf16), probabilities_out=probs,
         )
+
+    try:
+        cls = predict(x, probabilities, foreground)
+        for variant in variants if probabilities is not None else ():
+            out: list = []
+            predict(variant.apply(x, pad), out)
+            probabilities.append(variant.undo(out.pop()))
     except torch.cuda.OutOfMemoryError as e:
         free_gpu()
         raise ResourceError(
