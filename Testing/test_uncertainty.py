@@ -85,3 +85,39 @@ def test_uncertainty_is_high_at_the_boundary_and_confidence_is_reported(sample_r
     assert u[edge].mean() > 3 * u[binary_erosion(liver, iterations=3)].mean()
     assert u[edge].mean() > 3 * u[~liver].mean()
     assert 0.9 < full.confidence <= 1.0
+
+
+def test_cli_writes_the_maps_and_the_confidence_column(tmp_path):
+    """liverseg --probabilities --uncertainty: three more files per case, the score in the stats and the report."""
+    import csv
+    import json
+
+    from LiverCTSegmentationLib.batch import cli
+    from LiverCTSegmentationLib.engine import io
+    from test_batch import box_bundle, need_engine, write_case
+
+    need_engine()
+    data = tmp_path / "data"
+    data.mkdir()
+    write_case(data / "alpha.nii.gz", 1)
+    bundle = box_bundle(tmp_path / "bundle")
+    out = tmp_path / "out"
+    args = [str(data), "-o", str(out), "--model", str(bundle), "--device", "cpu", "--no-overlay", "--quiet"]
+    assert cli.main(args) == 0
+    assert not (out / "alpha" / "alpha_uncertainty.nii.gz").exists()  # off by default
+    assert cli.main(args + ["--probabilities", "--uncertainty"]) == 0  # options changed: redone, not skipped
+    case = out / "alpha"
+    ct = io.read_volume(data / "alpha.nii.gz")
+    for name in ("alpha_liver_prob.nii.gz", "alpha_uncertainty.nii.gz"):
+        m = io.read_volume(case / name)
+        assert m.same_grid(ct, atol=1e-3) and m.array.dtype == np.uint8
+    assert not (case / "alpha_tumor_prob.nii.gz").exists()  # the box model has no tumour class
+    stats = json.loads((case / "alpha_stats.json").read_text())
+    assert 0.0 <= stats["statistics"]["confidence"] <= 1.0
+    with open(out / "report.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["confidence"]) == pytest.approx(stats["statistics"]["confidence"], abs=1e-3)
+    assert row["uncertainty_path"].endswith("alpha_uncertainty.nii.gz")
+    assert cli.main(args + ["--probabilities", "--uncertainty"]) == 0
+    with open(out / "report.csv", newline="") as f:
+        assert next(csv.DictReader(f))["status"] == "skipped"

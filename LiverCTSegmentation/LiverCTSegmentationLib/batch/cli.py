@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for DICOM inputs, also write <case>_sr.dcm, a TID 1500 measurement report on the SEG")
     p.add_argument("--push", action="store_true",
                    help="store the DICOM SEG (and SR) back in the study of each DICOMweb input (STOW-RS)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write <case>_liver_prob.nii.gz and <case>_tumor_prob.nii.gz (uint8, 0-255 = 0-1) "
+                        "from the same pass")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write <case>_uncertainty.nii.gz and a confidence score (report.csv 'confidence': "
+                        "review the lowest first); 4 more passes of the last stage")
     p.add_argument("--overwrite", action="store_true", help="recompute and replace existing results")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="skip cases whose results are complete and current (default)")
@@ -194,6 +200,8 @@ def _summary_line(r) -> str:  # r: CaseResult
         n = int(s.get("tumor_count", 0) or 0)
         stats = (f"liver {float(s.get('liver_ml', 0)):.1f} mL, {n} tumour{'s' if n != 1 else ''} "
                  f"{float(s.get('tumor_ml', 0) or 0):.1f} mL ({float(s.get('burden_percent', 0) or 0):.1f}%)")
+        if s.get("confidence") is not None:
+            stats += f", confidence {float(s['confidence']):.2f}"
     tag = {"skipped": "skipped (already done)", "done-by-other-run": "done by a concurrent run"}.get(
         r.status, f"ok in {r.seconds_total:.1f} s")
     return f"{r.case}: {tag}" + (f" - {stats}" if stats else "")
@@ -301,6 +309,7 @@ def _main(argv: list) -> int:
         device=args.device, fast=args.fast, threads=args.threads, label_format=args.format,
         write_seg_nrrd=not args.no_seg_nrrd, overlay=args.overlay, report_name=args.report,
         lock_wait=max(args.lock_wait, 0.0), dicom_seg=args.dicom_seg, dicom_sr=args.dicom_sr, push=args.push,
+        probabilities=args.probabilities, uncertainty=args.uncertainty,
     )
     show_progress = not args.quiet and sys.stderr.isatty()
     bar = _Bar(show_progress)

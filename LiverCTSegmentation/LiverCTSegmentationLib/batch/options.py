@@ -33,6 +33,10 @@ class BatchOptions:
     dicom_seg: bool = True
     dicom_sr: bool = False
     push: bool = False
+    # Liver/tumour probability maps (uint8 0-255) and a test-time-augmentation uncertainty map with a
+    # confidence score (engine/uncertainty.py); off by default.
+    probabilities: bool = False
+    uncertainty: bool = False
 
     def resume_key(self, kind: str = "file") -> dict:
         """The output-affecting options for a case of input ``kind`` (DICOM options: DICOM inputs only,
@@ -44,6 +48,9 @@ class BatchOptions:
             "write_seg_nrrd": bool(self.write_seg_nrrd),
             "overlay": bool(self.overlay),
             **(self._dicom_key() if kind in DICOM_KINDS else {}),
+            # only when asked for, so results of runs before these options stay current
+            **({"probabilities": True} if self.probabilities else {}),
+            **({"uncertainty": True} if self.uncertainty else {}),
         }
 
     def _dicom_key(self) -> dict:
@@ -63,6 +70,7 @@ class BatchOptions:
         return pipeline.SegmentOptions(
             device=self.device, fast=self.fast, roi_lps=self.roi_lps,
             threads=self.threads, batch_size=self.batch_size,
+            probabilities=self.probabilities, uncertainty=self.uncertainty,
         )
 
 
@@ -80,6 +88,11 @@ def output_paths(outdir: Path, case: str, options: BatchOptions, kind: str = "fi
         paths["seg"] = d / f"{case}.seg.nrrd"
     if options.overlay:
         paths["overlay"] = d / f"{case}_overlay.png"
+    if options.probabilities:
+        paths["liver_probability"] = d / f"{case}_liver_prob.nii.gz"
+        paths["tumor_probability"] = d / f"{case}_tumor_prob.nii.gz"
+    if options.uncertainty:
+        paths["uncertainty"] = d / f"{case}_uncertainty.nii.gz"
     if kind in DICOM_KINDS and options.dicom_seg:
         paths["dicom_seg"] = d / f"{case}_seg.dcm"
         if options.dicom_sr:

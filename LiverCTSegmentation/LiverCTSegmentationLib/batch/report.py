@@ -16,9 +16,10 @@ from .results import DONE_NAME, RESULT_NAME, STAGES, CaseResult
 REPORT_COLUMNS = (
     ["case", "input", "status", "error"]
     + [f"seconds_{s}" for s in STAGES]
-    + ["seconds_total", "liver_ml", "tumor_count", "tumor_ml", "burden_percent",
+    + ["seconds_total", "liver_ml", "tumor_count", "tumor_ml", "burden_percent", "confidence",
        "model_name", "model_version", "label_path", "seg_path", "stats_path", "lesions_path",
-       "overlay_path", "dicom_seg_path", "dicom_sr_path", "warnings", "finished_at"]
+       "overlay_path", "dicom_seg_path", "dicom_sr_path", "liver_probability_path", "tumor_probability_path",
+       "uncertainty_path", "warnings", "finished_at"]
 )
 
 

@@ -7,7 +7,8 @@ RESULT_NAME = ".result.json"
 DONE_NAME = ".done.json"  # the completion manifest (see resume), written last
 STAGES = ("read", "check", "preprocess", "coarse", "fine", "postprocess", "resample", "statistics", "write",
           "overlay")
-OUTPUT_KEYS = ("label", "seg", "stats", "lesions", "overlay", "dicom_seg", "dicom_sr")
+OUTPUT_KEYS = ("label", "seg", "stats", "lesions", "overlay", "dicom_seg", "dicom_sr", "liver_probability",
+               "tumor_probability", "uncertainty")
 # The true status of a case in a run. Only the first three mean "results are there".
 STATUSES = {
     "ok": "segmented by this run",
@@ -55,7 +56,7 @@ class CaseResult:
             v = self.timings.get(s)
             row[f"seconds_{s}"] = "" if v is None else f"{float(v):.3f}"
         row["seconds_total"] = f"{self.seconds_total:.3f}"
-        for k in ("liver_ml", "tumor_count", "tumor_ml", "burden_percent"):
+        for k in ("liver_ml", "tumor_count", "tumor_ml", "burden_percent", "confidence"):
             v = self.statistics.get(k, "")
             row[k] = f"{v:.3f}" if isinstance(v, float) else v
         row["model_name"], row["model_version"] = self.model_name, self.model_version

@@ -227,7 +227,8 @@ def run_batch(
 
 def _remove_outputs(case_dir: Path, case: str) -> None:
     """Every output file a run of ``case`` may have written (all formats and options)."""
-    for options in (BatchOptions(label_format="nifti", dicom_sr=True), BatchOptions(label_format="nrrd")):
+    for options in (BatchOptions(label_format="nifti", dicom_sr=True, probabilities=True, uncertainty=True),
+                    BatchOptions(label_format="nrrd")):
         for p in output_paths(case_dir.parent, case, options, "dicom").values():
             unlink_quietly(p)
 

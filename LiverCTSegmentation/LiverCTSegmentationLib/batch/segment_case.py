@@ -18,6 +18,7 @@ from ..engine.progress import Progress
 from .options import BatchOptions
 from .results import CaseResult
 
+MAP_KEYS = ("liver_probability", "tumor_probability", "uncertainty")  # SegmentationResult.maps -> files
 LESION_COLUMNS = ("index", "volume_ml", "longest_axial_diameter_mm", "centroid_x_lps", "centroid_y_lps",
                   "centroid_z_lps")
 
@@ -121,9 +122,17 @@ def _segment(case: Case, source: Path, paths: dict[str, Path], outdir: Path, opt
         io.write_volume(res.labelmap, paths["label"], overwrite=True)
         if seg_job is not None:
             seg_job.result()  # re-raises its OutputError here
+    for key in MAP_KEYS:
+        if key in paths:
+            if key in res.maps:
+                io.write_volume(res.maps[key], paths[key], overwrite=True)
+            else:  # e.g. a liver-only model has no tumour map
+                del paths[key]
     if "dicom_seg" in paths:
         _write_dicom(vol, res, paths, labels, base, warnings)
     stats = _stats_dict(res.statistics)
+    if res.confidence is not None:
+        stats["confidence"] = round(float(res.confidence), 4)
     lesions = _lesion_rows(res.statistics)
     write_csv_atomic(paths["lesions"], lesions, LESION_COLUMNS)
     pushed = _push(case, paths) if options.push and case.kind == "dicomweb" else []
