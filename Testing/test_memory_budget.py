@@ -144,3 +144,15 @@ def test_fine_pass_working_memory_per_voxel_is_small() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     per_voxel = float(out.stdout.strip().splitlines()[-1])
     assert per_voxel < 100.0, f"fine pass: {per_voxel:.0f} bytes per window voxel"
+
+
+def test_stage_grid_holds_no_voxels_beside_the_network_input() -> None:
+    """The resampled float32 copy is not kept beside its normalised twin during the network pass."""
+    from LiverCTSegmentationLib.engine.stage_pass import stage_array
+
+    stage = type("Stage", (), {"spacing": (3.0, 3.0, 3.0), "orientation": "canonical",
+                               "intensity": {"clip": [-200.0, 300.0], "mean": 50.0, "std": 125.0}})()
+    vol = Volume(np.full((40, 64, 64), 40, np.int16), (1.5, 1.5, 1.5))
+    grid, x = stage_array(vol, stage)
+    assert x.dtype == np.float32 and x.shape == grid.shape_kji[:3] == (20, 32, 32)
+    assert all(s == 0 for s in grid.array.strides), "the stage grid keeps a full voxel array"

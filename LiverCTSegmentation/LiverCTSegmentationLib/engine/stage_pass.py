@@ -20,7 +20,10 @@ GPU_RESAMPLE_OOM = ("The GPU had too little free memory to resample this CT, so 
 
 
 def stage_array(vol: Volume, stage, device=None) -> tuple[Volume, np.ndarray]:
-    """(the stage's grid, its normalised float32 input). ``device``: resample there with torch."""
+    """(the stage's grid, its normalised float32 input). ``device``: resample there with torch.
+
+    The grid carries geometry only (a zero-stride view, no voxel memory): the resampled float32
+    copy is dropped once normalised, 4 bytes per stage voxel less during the network pass."""
     from .preprocess import normalise, resample_to_spacing, target_grid
 
     low = float(stage.intensity["clip"][0])
@@ -36,7 +39,8 @@ def stage_array(vol: Volume, stage, device=None) -> tuple[Volume, np.ndarray]:
         src = torch.from_numpy(np.ascontiguousarray(vol.array)).to(device)
         arr = resample_linear(src, vol, size, sp, origin, direction, low).cpu().numpy()
         rs = Volume(arr, sp, origin, np.asarray(direction, float), metadata=dict(vol.metadata))
-    return rs, normalise(rs.array, stage.intensity)
+    x = normalise(rs.array, stage.intensity)
+    return rs.with_array(np.broadcast_to(np.uint8(0), rs.array.shape)), x
 
 
 def torch_resampler(choice: str, device):
