@@ -32,7 +32,10 @@ from .progress import Progress
 # ~168^3 voxels: a liver box + margin at 1.5 mm (3-5 M voxels) or a whole CT at 3 mm
 # (~2 M) fits. Measured for the [8, 16, 32, 64] stem-2 network on 2 cores with bf16:
 # 176x144x176 in 0.58 s, +425 MB; float32 activations take twice the memory, hence
-# half the budget (float32 128^3: 0.64 s, +442 MB).
+# half the budget (float32 128^3: 0.64 s, +442 MB). On CPUs, float32 now runs through
+# fast_unet (~50 B per window voxel, ~130 MB at this budget); the budget stays halved because
+# the window plan sets the labels: one 168^3 fine window instead of two blended ones moved
+# liver Dice to 0.967 on the bundled sample (bench/RESULTS.md 2026-12-04).
 SINGLE_WINDOW_VOXELS = 168 ** 3
 ENLARGED_HALO = 16  # voxels of overlap kept between enlarged windows
 
