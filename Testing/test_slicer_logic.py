@@ -682,3 +682,44 @@ def test_self_test_skips_clearly_without_torch(scene, monkeypatch):
     test.delayDisplay = lambda message, msec=1000: shown.append(message)
     test.runTest()
     assert shown and "torch" in shown[0]
+
+
+def test_uncertainty_is_imported_over_the_input_and_confidence_tabled(scene, ct_file, box_bundle):
+    """The panel's 'Show uncertainty': a scalar volume on the input's geometry (parent transform
+    too), coloured and thresholded for an overlay, and a confidence row in the statistics table."""
+    vol_node = load_volume(scene, ct_file)
+    tr = add_transform(scene, vol_node)
+    logic = LiverCTSegmentationLogic()
+    seg, _stats = logic.process(vol_node, model=box_bundle, device="cpu")
+    assert logic.lastUncertaintyNode is None
+    rows_plain = logic.statisticsTableNode(seg).GetNumberOfRows()
+    seg, _stats = logic.process(vol_node, seg, model=box_bundle, device="cpu", uncertainty=True)
+    node = logic.lastUncertaintyNode
+    assert node is not None and node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
+    arr = slicer.util.arrayFromVolume(node)
+    assert arr.shape == slicer.util.arrayFromVolume(vol_node).shape and arr.dtype == np.uint8 and arr.max() > 0
+    np.testing.assert_allclose(mrml_convert.ijk_to_ras_array(node), mrml_convert.ijk_to_ras_array(vol_node))
+    assert node.GetTransformNodeID() == tr.GetID()
+    display = node.GetDisplayNode()
+    assert display.GetApplyThreshold() and display.GetLowerThreshold() > 0
+    table = logic.statisticsTableNode(seg)
+    assert table.GetNumberOfRows() == rows_plain + 1
+    assert table.GetCellText(rows_plain, 0).startswith("Confidence")
+    assert 0.0 <= float(table.GetCellText(rows_plain, 1)) <= 1.0
+    again = logic.process(vol_node, seg, model=box_bundle, device="cpu", uncertainty=True)
+    assert logic.lastUncertaintyNode is node and again[0] is seg  # re-run reuses the node, no pile-up
+
+
+def test_worker_subprocess_returns_the_uncertainty_map(ct_file, box_bundle):
+    from LiverCTSegmentationLib.engine import io
+
+    run = SubprocessRun(str(ct_file), model=str(box_bundle.path), device="cpu", python=_venv_python(),
+                        uncertainty=True).start()
+    try:
+        assert run.wait(timeout=300) == 0, run.stderr_text
+        done = run.result()
+        unsure = io.read_volume(done.data["uncertainty"])
+        assert unsure.same_grid(io.read_volume(ct_file), atol=1e-3) and unsure.array.dtype == np.uint8
+        assert 0.0 <= done.data["statistics"]["confidence"] <= 1.0
+    finally:
+        run.cleanup()

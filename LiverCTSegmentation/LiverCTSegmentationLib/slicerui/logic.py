@@ -52,6 +52,7 @@ class LiverCTSegmentationLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.cancelEvent = threading.Event()
         self.lastWarnings: list[str] = []
+        self.lastUncertaintyNode = None  # the last run's uncertainty volume (uncertainty=True)
 
     # ------------------------------------------------------------------ helpers
     def getParameterNode(self):  # noqa: N802 - Slicer naming
@@ -89,7 +90,8 @@ class LiverCTSegmentationLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ main API
     def process(self, inputVolumeNode, outputSegmentationNode=None, model: Any = None, device: str = "auto",
                 fast: bool = False, roi=None, progressCallback: Optional[ProgressCallback] = None,
-                perLesionSegments: bool = False, tableNode=None, warningCallback: Optional[WarningCallback] = None):
+                perLesionSegments: bool = False, tableNode=None, warningCallback: Optional[WarningCallback] = None,
+                uncertainty: bool = False):
         """Segment ``inputVolumeNode`` in this process (blocking).
 
         Returns ``(segmentationNode, statistics)``. Creates the segmentation node
@@ -99,6 +101,10 @@ class LiverCTSegmentationLogic(ScriptedLoadableModuleLogic):
         ``self.lastWarnings``. Progress fractions never decrease. Raises
         ``LiverSegError`` subclasses with user-readable messages (``Cancelled``
         after ``cancel()``).
+
+        ``uncertainty``: also compute the test-time-augmentation uncertainty map (4 more passes of
+        the last stage), import it as ``self.lastUncertaintyNode`` and add the confidence score to
+        the statistics table.
         """
         from ..engine import checks, pipeline
         from ..engine.progress import Progress
@@ -115,14 +121,19 @@ class LiverCTSegmentationLogic(ScriptedLoadableModuleLogic):
         warnings = list(checks.check_volume(volume) or [])
         bundle = load_bundle(model)
         options = pipeline.SegmentOptions(device=device or "auto", fast=bool(fast),
-                                          roi_lps=mrml_convert.roi_to_lps_box(roi, inputVolumeNode))
+                                          roi_lps=mrml_convert.roi_to_lps_box(roi, inputVolumeNode),
+                                          uncertainty=bool(uncertainty))
         result = pipeline.segment(volume, bundle, options, progress=Progress(progress.engine, self.cancelEvent))
         warnings += [w for w in (result.warnings or []) if w not in warnings]
         self._reportWarnings(warnings, warningCallback)
         progress(IMPORT_FRACTION, "importing")
-        segNode = self.importResult(inputVolumeNode, result.labelmap, bundle.labels, result.statistics,
+        statistics = result.statistics
+        if result.confidence is not None:  # a new dict: the engine's statistics object stays as it was
+            statistics = dict(results_table.statistics_dict(statistics), confidence=float(result.confidence))
+        segNode = self.importResult(inputVolumeNode, result.labelmap, bundle.labels, statistics,
                                     outputSegmentationNode, perLesionSegments=perLesionSegments,
-                                    modelName=f"{bundle.name} {bundle.version}", tableNode=tableNode)
+                                    modelName=f"{bundle.name} {bundle.version}", tableNode=tableNode,
+                                    uncertainty=result.maps.get("uncertainty"))
         progress(1.0, "done")
         return segNode, result.statistics
 
@@ -135,8 +146,9 @@ class LiverCTSegmentationLogic(ScriptedLoadableModuleLogic):
                 logging.warning("Liver CT Segmentation: %s", w)
 
     def importResult(self, inputVolumeNode, labelmap, labels, statistics=None, outputSegmentationNode=None,
-                     perLesionSegments: bool = False, modelName: str = "", tableNode=None):
-        """Engine labelmap (input grid) -> segmentation node (+ statistics table).
+                     perLesionSegments: bool = False, modelName: str = "", tableNode=None, uncertainty=None):
+        """Engine labelmap (input grid) -> segmentation node (+ statistics table, + the uncertainty
+        map as ``self.lastUncertaintyNode`` when given).
 
         Shared by ``process`` and the background runner. Follows the reuse
         policy in ``mrml_convert`` (edited segments are never overwritten).
@@ -157,6 +169,8 @@ class LiverCTSegmentationLogic(ScriptedLoadableModuleLogic):
         segNode.CreateClosedSurfaceRepresentation()
         if statistics is not None:
             results_table.update_table_node(self.statisticsTableNode(segNode, tableNode), statistics)
+        self.lastUncertaintyNode = (mrml_convert.import_uncertainty(uncertainty, inputVolumeNode)
+                                    if uncertainty is not None else None)
         return segNode
 
     def processFiles(self, pathsOrFolder, outputFolder, model: Any = None, device: str = "auto", fast: bool = False,

@@ -215,6 +215,9 @@ def _unique_name(base: str, taken: set[str]) -> str:
     return f"{base} ({n})"
 
 
+UNCERTAINTY_COLOR_ID = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
+
+
 def import_labelmap(labelmap, segmentationNode, referenceVolumeNode, labels: Iterable[dict],
                     lesion_ids: Optional[np.ndarray] = None, model_name: str = "", tumor_value: int = 2) -> list[str]:
     """Write an engine labelmap (on the reference volume's grid) into a segmentation node.
@@ -293,6 +296,33 @@ def import_labelmap(labelmap, segmentationNode, referenceVolumeNode, labels: Ite
             # Replaced segment whose new result is empty: clear it.
             _clear_segment(segmentationNode, sid, referenceVolumeNode)
     return target_ids
+
+
+def import_uncertainty(uncertainty, referenceVolumeNode, name: str = ""):
+    """The engine's uncertainty map (uint8 0-255 on the reference grid) as a scalar volume node
+    coloured from transparent-low to hot-high, ready to show over the CT; reuses a node of that name."""
+    import slicer
+
+    scene = referenceVolumeNode.GetScene()
+    name = name or f"{referenceVolumeNode.GetName()} uncertainty"
+    node = scene.GetFirstNodeByName(name)
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetIJKToRASMatrix(_vtk_matrix(uncertainty.ijk_to_ras()))
+    node.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(uncertainty.array, dtype=np.uint8))
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    color = scene.GetNodeByID(UNCERTAINTY_COLOR_ID)
+    if color is not None:
+        display.SetAndObserveColorNodeID(color.GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0, 255)
+    display.SetLowerThreshold(26)  # normalised entropy < 0.1: left transparent over the CT
+    display.SetUpperThreshold(255)
+    display.ApplyThresholdOn()
+    return node
 
 
 def _clear_segment(segmentationNode, segmentId: str, referenceVolumeNode) -> None:

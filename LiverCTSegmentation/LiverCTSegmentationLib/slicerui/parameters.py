@@ -19,6 +19,7 @@ class LiverCTSegmentationParameterNode:
     fast - lower resolution, quicker, less accurate.
     roi - optional box restricting where the liver is searched for.
     perLesionSegments - one segment per tumour instead of one "Liver tumor" segment.
+    uncertainty - also compute a test-time-augmentation uncertainty map (shown over the slices) and a confidence score.
     resultsTable - statistics table shown in the panel.
     """
 
@@ -29,4 +30,5 @@ class LiverCTSegmentationParameterNode:
     fast: bool = False
     roi: vtkMRMLMarkupsROINode
     perLesionSegments: bool = False
+    uncertainty: bool = False
     resultsTable: vtkMRMLTableNode

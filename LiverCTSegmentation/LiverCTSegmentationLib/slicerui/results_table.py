@@ -52,6 +52,8 @@ def statistics_rows(statistics: Any) -> list[list[str]]:
                      num(d.get("longest_axial_diameter_mm")), *ras])
     rows.append([f"All tumors (n={int(s.get('tumor_count') or 0)})", num(s.get("tumor_ml"), "{:.2f}"), "", "", "", ""])
     rows.append(["Tumor burden (% of liver)", num(s.get("burden_percent"), "{:.2f}"), "", "", "", ""])
+    if s.get("confidence") is not None:  # --uncertainty: mean liver Dice of the test-time variants
+        rows.append(["Confidence (review below 0.90)", num(s.get("confidence"), "{:.3f}"), "", "", "", ""])
     return rows
 
 

@@ -49,7 +49,7 @@ class WorkerProtocol:
     @staticmethod
     def command(input_path: str, output_dir: str, model: str = "", device: str = "auto", fast: bool = False,
                 roi_lps: Optional[tuple] = None, threads: Optional[int] = None, python: Optional[str] = None,
-                script: str = WORKER_SCRIPT) -> list[str]:
+                script: str = WORKER_SCRIPT, uncertainty: bool = False) -> list[str]:
         cmd = [python or find_python(), script, "--input", str(input_path), "--output-dir", str(output_dir),
                "--device", device or "auto"]
         if model:
@@ -61,6 +61,8 @@ class WorkerProtocol:
             cmd += ["--roi-lps", *[repr(float(v)) for v in (*lo, *hi)]]
         if threads:
             cmd += ["--threads", str(int(threads))]
+        if uncertainty:
+            cmd.append("--uncertainty")
         return cmd
 
     @staticmethod
@@ -109,13 +111,13 @@ class SubprocessRun:
 
     def __init__(self, input_path: str, model: str = "", device: str = "auto", fast: bool = False,
                  roi_lps=None, python: Optional[str] = None, temp_dir: Optional[str] = None, env=None,
-                 script: str = WORKER_SCRIPT) -> None:
+                 script: str = WORKER_SCRIPT, uncertainty: bool = False) -> None:
         self.temp_dir = temp_dir or make_temp_dir()
         self.output_dir = os.path.join(self.temp_dir, "out")
         self.protocol = WorkerProtocol()
         self.events: list[WorkerEvent] = []
         self._cmd = WorkerProtocol.command(input_path, self.output_dir, model, device, fast, roi_lps, python=python,
-                                           script=script)
+                                           script=script, uncertainty=uncertainty)
         self._env = env
         self.proc: Optional[subprocess.Popen] = None
         self._queue: list[str] = []
@@ -194,7 +196,8 @@ class BackgroundSegmentation:
                  onProgress: Optional[Callable[[float, str], None]] = None,
                  onWarning: Optional[Callable[[str], None]] = None,
                  onFinished: Optional[Callable[[Any, Any, Optional[str]], None]] = None,
-                 python: Optional[str] = None, script: str = WORKER_SCRIPT, keepWorker: bool = False) -> None:
+                 python: Optional[str] = None, script: str = WORKER_SCRIPT, keepWorker: bool = False,
+                 uncertainty: bool = False) -> None:
         from .stages import MonotonicProgress
 
         self.logic = logic
@@ -202,6 +205,7 @@ class BackgroundSegmentation:
         self.outputSegmentationNode = outputSegmentationNode
         self.model, self.device, self.fast, self.roi = model, device, fast, roi
         self.perLesionSegments, self.tableNode = perLesionSegments, tableNode
+        self.uncertainty = bool(uncertainty)
         self.onWarning, self.onFinished = onWarning, onFinished
         self.progress = MonotonicProgress(onProgress)
         self.python, self.script = python, script
@@ -241,11 +245,11 @@ class BackgroundSegmentation:
             self._host = host_for(self.python, self.script)
             job = {"input": str(in_path), "output_dir": out_dir, "model": model, "device": self.device,
                    "fast": bool(self.fast), "roi_lps": [float(v) for v in (*roi_lps[0], *roi_lps[1])] if roi_lps
-                   else None, "threads": None}
+                   else None, "threads": None, "uncertainty": self.uncertainty}
             self.process = self._host.submit(job)
         else:
             cmd = WorkerProtocol.command(str(in_path), out_dir, model, self.device, self.fast, roi_lps,
-                                         python=self.python, script=self.script)
+                                         python=self.python, script=self.script, uncertainty=self.uncertainty)
             self.process = qt.QProcess()
             self.process.setProcessChannelMode(qt.QProcess.SeparateChannels)
             self.process.start(cmd[0], cmd[1:])
@@ -311,11 +315,13 @@ class BackgroundSegmentation:
             from .stages import IMPORT_FRACTION
 
             labelmap = io.read_volume(done.data["labelmap"])
+            uncertainty = io.read_volume(done.data["uncertainty"]) if done.data.get("uncertainty") else None
             stats = done.data.get("statistics")
             self.progress(IMPORT_FRACTION, "importing")
             seg = self.logic.importResult(self.inputVolumeNode, labelmap, done.data.get("labels") or [], stats,
                                           self.outputSegmentationNode, perLesionSegments=self.perLesionSegments,
-                                          modelName=str(done.data.get("model", "")), tableNode=self.tableNode)
+                                          modelName=str(done.data.get("model", "")), tableNode=self.tableNode,
+                                          uncertainty=uncertainty)
         except Exception as e:  # noqa: BLE001 - reported as text, the widget shows it
             self._finish(None, None, f"Could not load the segmentation result: {e}")
             return

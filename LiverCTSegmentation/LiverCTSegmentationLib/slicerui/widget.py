@@ -192,7 +192,7 @@ class LiverCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             # No table passed: each segmentation keeps its own statistics table (see the logic).
             self._run = BackgroundSegmentation(
                 self.logic, p.inputVolume, p.outputSegmentation, model=p.model, device=p.device, fast=p.fast,
-                roi=p.roi, perLesionSegments=p.perLesionSegments, tableNode=None,
+                roi=p.roi, perLesionSegments=p.perLesionSegments, tableNode=None, uncertainty=p.uncertainty,
                 onProgress=self.onProgress, onWarning=self.onWarning, onFinished=self.onFinished,
                 keepWorker=True)  # the worker stays loaded between Applies (worker_host.py)
             try:
@@ -262,11 +262,18 @@ class LiverCTSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         n = int((statistics or {}).get("tumor_count") or 0)
         self.ui.statusLabel.text = _("Done: liver {liver:.0f} mL, {n} tumor(s). Edit the segments in Segment Editor.").format(
             liver=float((statistics or {}).get("liver_ml") or 0.0), n=n)
+        if (statistics or {}).get("confidence") is not None:
+            self.ui.statusLabel.text += " " + _("Confidence {c:.2f}.").format(c=float(statistics["confidence"]))
         # The run's warnings (e.g. "Review before use: ...") stay on the panel, not only in a 5 s status message.
         for w in getattr(run, "warnings", None) or []:
             self.ui.statusLabel.text += "\n" + _("Warning: {message}").format(message=w)
         if segmentationNode is not None and p is not None:
-            slicer.util.setSliceViewerLayers(background=p.inputVolume, fit=False)
+            unsure = getattr(self.logic, "lastUncertaintyNode", None)
+            if unsure is not None and p.uncertainty:  # where the model is unsure, over the CT
+                slicer.util.setSliceViewerLayers(background=p.inputVolume, foreground=unsure, foregroundOpacity=0.5,
+                                                 fit=False)
+            else:
+                slicer.util.setSliceViewerLayers(background=p.inputVolume, fit=False)
         self._checkCanApply()
 
     def onShow3D(self) -> None:

@@ -53,6 +53,7 @@ def parse_args(argv):
     p.add_argument("--fast", action="store_true")
     p.add_argument("--roi-lps", type=float, nargs=6, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--uncertainty", action="store_true")
     p.add_argument("--serve", metavar="DIR", help="kept-worker mode: run the jobs dropped into DIR (see serve)")
     p.add_argument("--idle-seconds", type=float, default=900.0)
     args = p.parse_args(argv)
@@ -140,20 +141,26 @@ def run_job(job: dict, bundles: dict) -> int:
         if job.get("roi_lps"):
             roi = (tuple(job["roi_lps"][:3]), tuple(job["roi_lps"][3:]))
         options = pipeline.SegmentOptions(device=device, fast=bool(job.get("fast")), roi_lps=roi,
-                                          threads=job.get("threads"))
+                                          threads=job.get("threads"), uncertainty=bool(job.get("uncertainty")))
         res = pipeline.segment(vol, bundle, options, progress=Progress(on_progress))
         out = Path(job["output_dir"])
         out.mkdir(parents=True, exist_ok=True)
         # Uncompressed scratch file: the runner imports it at once and removes the folder.
         label_path = io.write_volume(res.labelmap, out / "labelmap.nrrd", overwrite=True, compress=False)
         stats = res.statistics.to_dict() if hasattr(res.statistics, "to_dict") else res.statistics
+        extra = {}
+        if res.confidence is not None:
+            stats = dict(stats or {}, confidence=float(res.confidence))
+        if "uncertainty" in res.maps:
+            extra["uncertainty"] = str(io.write_volume(res.maps["uncertainty"], out / "uncertainty.nrrd",
+                                                       overwrite=True, compress=False))
         (out / "statistics.json").write_text(json.dumps(stats, default=_jsonable), encoding="utf-8")
         for w in getattr(res, "warnings", []) or []:
             if w not in warnings:
                 emit("warning", message=w)
         emit("done", labelmap=str(label_path), statistics=stats, labels=bundle.labels,
              model=f"{bundle.name} {bundle.version}", demo=bool(bundle.demo),
-             timings=getattr(res, "timings", {}), seconds=round(time.time() - t0, 2))
+             timings=getattr(res, "timings", {}), seconds=round(time.time() - t0, 2), **extra)
         return 0
     except Cancelled as e:
         emit("error", code="cancelled", message=str(e))
