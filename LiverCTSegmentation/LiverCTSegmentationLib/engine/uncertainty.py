@@ -42,13 +42,15 @@ class Variant:
         return np.stack([shift(p, back, float(f)) for p, f in zip(probabilities, fill)])
 
 
-# Four variants: 2-3 voxel shifts along different axes (3-4.5 mm on a 1.5 mm grid) with +/-3 %
-# intensity scale and small offsets. Chosen so each axis moves in both directions once.
+# Four variants: 5-6 voxel shifts along different axes (7.5-9 mm on a 1.5 mm grid) with +/-8 %
+# intensity scale and small offsets, each axis moved both ways once. Milder variants (2-3 voxels,
+# +/-3 %) gave confidences of 0.97-0.99 for every run and a Spearman correlation with liver Dice of
+# 0.49 over 22 runs; these gave 0.93-0.99 and 0.75 over 14 (docs/confidence.md).
 VARIANTS: tuple[Variant, ...] = (
-    Variant((2, 0, 0), 1.00, 0.00),
-    Variant((0, 3, -2), 1.03, 0.02),
-    Variant((-2, 0, 3), 0.97, -0.02),
-    Variant((0, -3, 0), 1.00, 0.03),
+    Variant((5, 0, 0), 1.00, 0.00),
+    Variant((0, 6, -5), 1.08, 0.05),
+    Variant((-5, 0, 6), 0.92, -0.05),
+    Variant((0, -6, 0), 1.00, 0.08),
 )
 
 
