@@ -251,7 +251,7 @@ def _segment(volume: Volume, bundle, options: Optional[SegmentOptions], progress
         res.maps, res.confidence = extra_maps, confidence[0] if confidence else None
         if res.confidence is not None and res.confidence < LOW_CONFIDENCE:
             warnings.append(f"Review before use: the liver changed under small shifts of the image (confidence "
-                            f"{res.confidence:.2f} < {LOW_CONFIDENCE}); see the uncertainty map.")
+                            f"{res.confidence:.3f} < {LOW_CONFIDENCE}); see the uncertainty map.")
         return res
 
     # ---------------------------------------------------------- coarse
