@@ -27,19 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
-from ..engine.errors import BundleError, Cancelled, InputError, OutputError
+from ..engine.errors import BundleError, Cancelled, OutputError
 from ..engine.progress import Progress
 from .atomic_files import remove_temp_files, unlink_quietly
-from .cases import Case, discover_cases
-from .locking import LOCK_NAME, describe_holder, folder_mutex
+from .cases import Case
+from .locking import LOCK_NAME, folder_mutex
 from .options import BatchOptions
-from .path_safety import plan_outputs
 from .ray_cluster import PoolPlan, RayUnavailable, connect, import_ray, plan_pool
 from .ray_worker import CaseWorker, worker_options
 from .report import write_report
 from .results import CaseResult
-from .resume import model_identity
-from .run import BatchProgress, _ensure_outdir, _load_bundle, _now, _record_quietly, _remove_outputs
+from .run import BatchProgress, _now, _record_quietly, _remove_outputs, locked_result, prepare_batch
 
 CANCEL_GRACE_S = 15.0  # how long busy workers get to clean up after a cancel before the pool ends
 POLL_S = 0.25
@@ -129,31 +127,12 @@ def run_batch_ray(
     the model folder must be paths every worker's node sees. ``_hook``: test hook (CaseWorker).
     Raises RayUnavailable when Ray is missing or the cluster cannot be reached."""
     ray = import_ray()  # before any work: say what to install
-    options = options or BatchOptions()
-    if options.label_format not in ("nifti", "nrrd"):
-        raise ValueError(f"label_format must be 'nifti' or 'nrrd', not {options.label_format!r}")
-    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    outdir = Path(outdir).expanduser().absolute()
-    callback: Optional[BatchProgress] = progress  # type: ignore[assignment]
-    if isinstance(progress, Progress):
-        callback = progress.callback
-        cancel_event = cancel_event or progress.cancel_event
-
-    cases = discover_cases(inputs, exclude=outdir)
-    if not cases:
-        raise InputError("no CT volumes found in " + ", ".join(str(i) for i in inputs)
-                         + ". Give .nii/.nii.gz/.nrrd/.mha/.mhd files, folders of them, or DICOM series folders.")
-    plan_outputs(cases, outdir, options)
-    _ensure_outdir(outdir)
-    if bundle is None:
-        from .. import models
-
-        bundle = models.default_bundle_dir()
-    bundle = _load_bundle(bundle)
+    prep = prepare_batch(inputs, outdir, options, bundle, progress, cancel_event)
+    options, outdir, cases, bundle, model = prep.options, prep.outdir, prep.cases, prep.bundle, prep.model
+    callback, cancel_event = prep.callback, prep.cancel_event
     if not getattr(bundle, "path", None):
         raise BundleError("Ray workers load the model from its folder, and this model has none. Save it as a "
                           "bundle folder on shared storage and pass that folder.")
-    model = model_identity(bundle)
 
     started_ray = connect(address)
     try:
@@ -323,13 +302,7 @@ class _Schedule:
                 r.warnings.append(f"report not updated: {err}")
 
     def _locked_result(self, case: Case, holder: dict, worker_host: str) -> CaseResult:
-        why = ("a run on another host; this run cannot tell whether it is still alive"
-               if holder.get("host") != worker_host
-               else f"still held after waiting {self.options.lock_wait:g} s")
-        return CaseResult(case.name, case.input, "locked",
-                          f"not run: {describe_holder(holder)} ({why}). Rerun when that run has finished, or delete "
-                          f"{self.outdir / case.name / LOCK_NAME} if it is gone.", "locked",
-                          **self.base, finished_at=_now())
+        return locked_result(case, holder, worker_host, self.outdir, self.options, self.base)
 
     # --------------------------------------------------------- deaths and cancel
     def _worker_died(self, w: _Worker, task: _Task) -> None:

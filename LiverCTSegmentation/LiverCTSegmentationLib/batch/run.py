@@ -44,6 +44,7 @@ import socket
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
@@ -54,10 +55,10 @@ from .atomic_files import (
 from .cases import VOLUME_SUFFIXES, Case, case_stem, discover_cases
 from ..engine.errors import BundleError, Cancelled, InputError, LiverSegError, OutputError
 from ..engine.progress import Progress
-from .locking import FOLDER_LOCK_NAME, LOCK_NAME, CaseLocked, claim_case, folder_mutex, release_case
+from .locking import FOLDER_LOCK_NAME, LOCK_NAME, CaseLocked, claim_case, describe_holder, folder_mutex, release_case
 from .options import BatchOptions, output_paths
 from .report import REPORT_COLUMNS, collect_results, report_path, write_report
-from .results import DONE_NAME, OUTPUT_KEYS, RESULT_NAME, STAGES, STATUSES, CaseResult
+from .results import DONE_NAME, OUTPUT_KEYS, RESULT_NAME, STAGES, CaseResult
 from .resume import (
     MANIFEST_VERSION, check_done, done_manifest, input_fingerprint, model_identity, sha256_file,
 )
@@ -118,6 +119,58 @@ def _load_bundle(bundle: Any) -> Any:
 
 
 
+@dataclass
+class PreparedBatch:
+    """What every runner (here and ``ray_run``) does before the first case, done once."""
+
+    options: BatchOptions
+    outdir: Path
+    cases: list
+    bundle: Any
+    model: dict
+    callback: Optional[BatchProgress]
+    cancel_event: Optional[threading.Event]
+
+
+def prepare_batch(inputs, outdir, options: Optional[BatchOptions], bundle: Any, progress,
+                  cancel_event: Optional[threading.Event]) -> PreparedBatch:
+    """Check the options, find the cases, check that no output lands on an input, create OUTDIR
+    and load the model; raises InputError/OutputError/BundleError before any case runs."""
+    options = options or BatchOptions()
+    if options.label_format not in ("nifti", "nrrd"):
+        raise ValueError(f"label_format must be 'nifti' or 'nrrd', not {options.label_format!r}")
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    outdir = Path(outdir).expanduser().absolute()
+    callback: Optional[BatchProgress] = progress  # type: ignore[assignment]
+    if isinstance(progress, Progress):
+        callback = progress.callback
+        cancel_event = cancel_event or progress.cancel_event
+    cases = discover_cases(inputs, exclude=outdir)
+    if not cases:
+        raise InputError(
+            "no CT volumes found in " + ", ".join(str(i) for i in inputs)
+            + ". Give .nii/.nii.gz/.nrrd/.mha/.mhd files, folders of them, or DICOM series folders."
+        )
+    plan_outputs(cases, outdir, options)  # before anything is written: outputs never land on inputs
+    _ensure_outdir(outdir)
+    if bundle is None:
+        from .. import models
+
+        bundle = models.default_bundle_dir()
+    bundle = _load_bundle(bundle)
+    return PreparedBatch(options, outdir, cases, bundle, model_identity(bundle), callback, cancel_event)
+
+
+def locked_result(case: Case, holder: dict, this_host: str, outdir: Path, options: BatchOptions,
+                  base: dict) -> CaseResult:
+    """The true row of a case another run still holds: not run, whose lock, and what to do."""
+    why = ("a run on another host; this run cannot tell whether it is still alive"
+           if holder.get("host") != this_host else f"still held after waiting {options.lock_wait:g} s")
+    return CaseResult(case.name, case.input, "locked",
+                      f"not run: {describe_holder(holder)} ({why}). Rerun when that run has finished, or delete "
+                      f"{outdir / case.name / LOCK_NAME} if it is gone.", "locked", **base, finished_at=_now())
+
+
 def run_batch(
     inputs: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]],
     outdir: Union[str, os.PathLike],
@@ -145,32 +198,9 @@ def run_batch(
     OutputError if ``outdir`` is not writable or an output path would be an input
     (``path_safety``).
     """
-    options = options or BatchOptions()
-    if options.label_format not in ("nifti", "nrrd"):
-        raise ValueError(f"label_format must be 'nifti' or 'nrrd', not {options.label_format!r}")
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    inputs = list(inputs)
-    outdir = Path(outdir).expanduser().absolute()
-    callback: Optional[BatchProgress] = progress  # type: ignore[assignment]
-    if isinstance(progress, Progress):
-        callback = progress.callback
-        cancel_event = cancel_event or progress.cancel_event
-
-    cases = discover_cases(inputs, exclude=outdir)
-    if not cases:
-        raise InputError(
-            "no CT volumes found in " + ", ".join(str(i) for i in inputs)
-            + ". Give .nii/.nii.gz/.nrrd/.mha/.mhd files, folders of them, or DICOM series folders."
-        )
-    plan_outputs(cases, outdir, options)  # before anything is written: outputs never land on inputs
-    _ensure_outdir(outdir)
-    if bundle is None:
-        from .. import models
-
-        bundle = models.default_bundle_dir()
-    bundle = _load_bundle(bundle)
-    model = model_identity(bundle)
+    prep = prepare_batch(inputs, outdir, options, bundle, progress, cancel_event)
+    options, outdir, cases, bundle, model = prep.options, prep.outdir, prep.cases, prep.bundle, prep.model
+    callback, cancel_event = prep.callback, prep.cancel_event
     from ..engine.warmup import start_warm_up
 
     start_warm_up(bundle, options.device)  # on a GPU: overlaps CUDA start-up with reading the first case
@@ -207,13 +237,7 @@ def run_batch(
                 if attempt == 0:
                     deferred.append((index, case))
                     continue
-                why = ("a run on another host; this run cannot tell whether it is still alive"
-                       if locked.holder.get("host") != socket.gethostname()
-                       else f"still held after waiting {options.lock_wait:g} s")
-                r = CaseResult(case.name, case.input, "locked",
-                               f"not run: {locked} ({why}). Rerun when that run has finished, or delete "
-                               f"{outdir / case.name / LOCK_NAME} if it is gone.", "locked",
-                               **base, finished_at=_now())
+                r = locked_result(case, locked.holder, socket.gethostname(), outdir, options, base)
             if r.status == "failed" and r.error_kind == "output" and getattr(r, "_enospc", False):
                 fatal = OutputError(r.error)
             finish(r)
