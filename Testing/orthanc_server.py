@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
+from local_ports import free_port
 
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins")
 USER, PASSWORD = "liverseg-test", "s3cret-not-for-prod"
@@ -59,12 +59,6 @@ def _find() -> tuple[str, str]:
     return exe, plugin  # type: ignore[return-value]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _up(port: int) -> bool:
     import requests
 
@@ -77,7 +71,7 @@ def _up(port: int) -> bool:
 def start_orthanc(folder: Path, timeout: float = 30.0) -> Orthanc:
     exe, plugin = _find()
     folder.mkdir(parents=True, exist_ok=True)
-    port, dicom_port = _free_port(), _free_port()
+    port, dicom_port = free_port(), free_port()
     config = {
         "Name": "liverseg-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
         "HttpPort": port, "DicomPort": dicom_port, "DicomServerEnabled": False,

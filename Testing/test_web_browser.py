@@ -14,7 +14,6 @@ import io as _io
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Optional
 import numpy as np
 import pytest
 from scipy import ndimage
+from local_ports import free_port
 
 CHROMIUM = os.environ.get("LIVERCT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -54,12 +54,6 @@ def _need_browser_stack() -> None:
     if os.environ.get("LIVERCT_REQUIRE_BROWSER") == "1":
         pytest.fail(f"LIVERCT_REQUIRE_BROWSER=1 but {missing}", pytrace=False)
     pytest.skip(missing)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _http_ok(url: str) -> bool:
@@ -94,7 +88,7 @@ def web_env(tmp_path_factory):
     io.write_volume(small, data / "phantom2.nii.gz")  # second CT to pick from the list
     io.write_volume(small, tmp / "small_upload.nii.gz")  # valid upload, under the 1 MB limit
     bundle = make_box_bundle(tmp / "bundle", liver_hu=(100.0, 175.0), two_stage=False)
-    port = _free_port()
+    port = free_port()
     server_tmp = tmp / "server_tmp"  # the server's private upload folder lands here, so tests can look in
     server_tmp.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1", VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow", TMPDIR=str(server_tmp),

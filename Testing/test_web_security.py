@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from LiverCTSegmentationLib.web import security
 from LiverCTSegmentationLib.web.safe_paths import DataFolder
+from local_ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC_DEFAULT_SECRET = "wslink-secret"  # trame's default: known to every web page
@@ -111,12 +111,6 @@ def test_capped_unchunker_keeps_the_limit_after_authentication():
 
 
 # ------------------------------------------------------------------ the live server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     _need_web_extra()
@@ -134,7 +128,7 @@ def server(tmp_path_factory):
     io.write_volume(lab, data / "review.nii.gz")
     (data / "review.seg.nrrd").write_bytes(b"x")
     bundle = make_box_bundle(tmp / "bundle", liver_hu=(100.0, 175.0), two_stage=False)
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow",
                PYTHONPATH=os.pathsep.join([str(ROOT / "LiverCTSegmentation"), os.environ.get("PYTHONPATH", "")]))
     log_path = tmp / "server.log"
