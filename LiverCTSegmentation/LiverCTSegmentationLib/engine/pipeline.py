@@ -127,22 +127,20 @@ def _lesion_statistics(label: Volume, bundle):
     return replace(stats, liver_ml=0.0, burden_percent=0.0)
 
 
-def _to_input_grid(values: np.ndarray, grid: Volume, region: Volume, volume: Volume) -> Volume:
+def _to_input_grid(values: np.ndarray, grid: Volume, region: Volume, lo_ijk, volume: Volume) -> Volume:
     """A [0, 1] map on a stage grid -> uint8 0-255 on the input's grid (linear inside the stage's
-    region, 0 outside it); only the region's box is resampled (memory bounded by the box)."""
+    region, the input's voxels from ``lo_ijk`` on; 0 outside it): only the region's box is resampled."""
     from .preprocess import resample_like
 
     on_region = resample_like(grid.with_array(values.astype(np.float32)), region, "linear", 0.0).array
     out = np.zeros(volume.shape_kji[:3], np.uint8)
-    lo = np.rint(np.linalg.solve(volume.ijk_to_lps()[:3, :3],
-                                 np.asarray(region.origin, float) - np.asarray(volume.origin, float))).astype(int)
-    k0, j0, i0 = int(lo[2]), int(lo[1]), int(lo[0])
+    i0, j0, k0 = (int(v) for v in lo_ijk)
     kk, jj, ii = on_region.shape
     out[k0:k0 + kk, j0:j0 + jj, i0:i0 + ii] = np.clip(np.rint(on_region * 255.0), 0, 255).astype(np.uint8)
     return volume.with_array(out)
 
 
-def _probability_maps(passes: list, class_to_label, grid: Volume, region: Volume, volume: Volume,
+def _probability_maps(passes: list, class_to_label, grid: Volume, region: Volume, lo_ijk, volume: Volume,
                       probabilities: bool, uncertainty: bool, confidence: list) -> dict:
     """The requested maps from the last stage's passes ([plain, TTA variants...] per-class probabilities)."""
     from .uncertainty import summarise
@@ -152,17 +150,18 @@ def _probability_maps(passes: list, class_to_label, grid: Volume, region: Volume
     maps = {}
     if probabilities:
         plain = passes[0].astype(np.float32)
-        maps["liver_probability"] = _to_input_grid(plain[organ].sum(0), grid, region, volume)
+        maps["liver_probability"] = _to_input_grid(plain[organ].sum(0), grid, region, lo_ijk, volume)
         if 2 in c2l:
-            maps["tumor_probability"] = _to_input_grid(plain[c2l.index(2)], grid, region, volume)
+            maps["tumor_probability"] = _to_input_grid(plain[c2l.index(2)], grid, region, lo_ijk, volume)
     if uncertainty:
         summary = summarise(passes, organ)
-        maps["uncertainty"] = _to_input_grid(summary.uncertainty, grid, region, volume)
+        maps["uncertainty"] = _to_input_grid(summary.uncertainty, grid, region, lo_ijk, volume)
         confidence.append(summary.confidence)
     return maps
 
 
-def _roi_crop(volume: Volume, roi_lps) -> Volume:
+def _roi_crop(volume: Volume, roi_lps) -> tuple[Volume, np.ndarray]:
+    """The ROI's box of ``volume`` and its first voxel (i, j, k)."""
     from .preprocess import crop_box, physical_box_to_index_range
 
     lo, hi = (np.asarray(v, float) for v in roi_lps)
@@ -170,7 +169,7 @@ def _roi_crop(volume: Volume, roi_lps) -> Volume:
     rng = physical_box_to_index_range(volume, corners)
     if rng is None:
         raise InputError("The region of interest does not overlap the image. Draw the ROI over the liver and retry.")
-    return crop_box(volume, *rng)
+    return crop_box(volume, *rng), np.asarray(rng[0])
 
 
 def segment(volume: Volume, bundle, options: Optional[SegmentOptions] = None,
@@ -255,7 +254,7 @@ def _segment(volume: Volume, bundle, options: Optional[SegmentOptions], progress
         return res
 
     # ---------------------------------------------------------- coarse
-    search = volume if options.roi_lps is None else _roi_crop(volume, options.roi_lps)
+    search, search_lo = (volume, np.zeros(3, int)) if options.roi_lps is None else _roi_crop(volume, options.roi_lps)
     progress.stage("coarse", 0.0, 0.45 if has_fine else 0.85)
     t = time.perf_counter()
     last_probs: Optional[list] = [] if want_probs and not has_fine else None
@@ -306,9 +305,9 @@ def _segment(volume: Volume, bundle, options: Optional[SegmentOptions], progress
 
     if last_probs:
         t = time.perf_counter()
-        region, grid = (box, fine) if has_fine else (search, coarse)
+        region, grid, lo = (box, fine, rng[0]) if has_fine else (search, coarse, search_lo)
         st = bundle.stages["fine" if has_fine else "coarse"]
-        extra_maps.update(_probability_maps(last_probs, st.class_to_label, grid, region, volume,
+        extra_maps.update(_probability_maps(last_probs, st.class_to_label, grid, region, lo, volume,
                                             options.probabilities, options.uncertainty, confidence))
         last_probs.clear()
         timings["maps"] = time.perf_counter() - t
