@@ -77,6 +77,8 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",
         "max_val_cases": None,
         "stages": None,             # subset of stages to train, default all
+        "patch_size": None,         # training patch (k, j, i); default the stage's (inference) patch_size
+        "init_weights": None,       # bundle folder to warm-start each stage from (same architecture)
         # A stage may override any of these in stages.<name>.train (e.g. fine: tumour oversampling).
     },
     "output": {

@@ -273,6 +273,28 @@ def _cpu_state(model) -> dict:
     return {k: v.detach().cpu().clone() for k, v in D.unwrap(model).state_dict().items()}
 
 
+def load_init_weights(model, folder: str, stage_name: str, arch: dict) -> str:
+    """Start a stage from an exported bundle's weights (``train.init_weights``: a bundle folder).
+
+    Why: fine-tuning a trained stage costs a fraction of training from scratch, which is what
+    makes CPU training feasible. The bundle's SHA256 is verified and its architecture must equal
+    the stage's, so a warm start can never silently load mismatched or unverified weights.
+    Returns the weights' SHA256 (recorded in the history for the model card).
+    """
+    from LiverCTSegmentationLib.engine.bundle import ModelBundle, load_state_dict
+
+    bundle = ModelBundle.load(Path(folder).expanduser())
+    if stage_name not in bundle.stages:
+        raise ConfigError(f"train.init_weights: model '{bundle.name}' has no stage '{stage_name}' "
+                          f"(has {', '.join(bundle.stage_names)})")
+    src = bundle.stages[stage_name]
+    if dict(src.architecture) != dict(arch):
+        raise ConfigError(f"train.init_weights: stage '{stage_name}' of '{bundle.name}' is {src.architecture}, "
+                          f"but this config's stage is {arch}; the architectures must be equal to warm-start")
+    D.unwrap(model).load_state_dict(load_state_dict(src), strict=True)
+    return src.sha256
+
+
 # -------------------------------------------------------------------- stage
 def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device, info: D.DistInfo,
                 tracker, resume: bool) -> dict:
@@ -290,8 +312,11 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
     t = stage_settings(cfg, stage_name)
     arch = st["architecture"]
     div = required_divisor(arch)
-    if any(int(p) % div for p in st["patch_size"][3 - spatial_dims(arch):]):
-        raise ConfigError(f"stages.{stage_name}.patch_size {st['patch_size']} must be multiples of {div}")
+    # train.patch_size: a smaller training patch (e.g. on a CPU); the stage's patch_size stays the
+    # inference window written into the bundle.
+    train_patch = list(t.get("patch_size") or st["patch_size"])
+    if any(int(p) % div for p in train_patch[3 - spatial_dims(arch):]):
+        raise ConfigError(f"stages.{stage_name} training patch {train_patch} must be multiples of {div}")
     last_path, best_path = run_dir / f"last_{stage_name}.pt", run_dir / f"best_{stage_name}.pt"
     ckpt = None
     if resume and last_path.exists():
@@ -309,8 +334,9 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
     val_src = splits.get("val", [])[: t.get("max_val_cases") or None]
     val_cases = load_stage_cases(val_src, stage_name, st, cfg, f"{stage_name} val")
 
-    model = build_network(arch).to(device)
-    model = D.wrap_model(model, info, device)
+    model = build_network(arch)
+    init_sha = load_init_weights(model, t["init_weights"], stage_name, arch) if t.get("init_weights") else None
+    model = D.wrap_model(model.to(device), info, device)
     opt = build_optimizer(model, t)
     epochs, iters, bs = int(t["epochs"]), int(t["iterations_per_epoch"]), int(t["batch_size"])
     sched = build_scheduler(opt, t, epochs * iters)
@@ -319,7 +345,7 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     dims = spatial_dims(arch)
     # 2D networks: the bundle's patch is (1, H, W); training draws (H, W) slices.
-    patch = tuple(int(p) for p in st["patch_size"])[3 - dims:]
+    patch = tuple(int(p) for p in train_patch)[3 - dims:]
     aug_cfg = t.get("augmentation", {}) or {}
     weights = _case_weights([splits["train"][i] for i in train_ids], cfg["data"])
     on_device = None
@@ -410,7 +436,8 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
     summary = {"stage": stage_name, "epochs_run": len(history), "best_val_dice": best if best >= 0 else None,
                "final_train_loss": history[-1]["train_loss"] if history else None,
                "sec_per_iter": float(np.mean([h["sec_per_iter"] for h in history])) if history else None,
-               "weights_sha256": weights_digest(model), "rank": info.rank, "world_size": info.world_size}
+               "weights_sha256": weights_digest(model), "rank": info.rank, "world_size": info.world_size,
+               "init_weights_sha256": init_sha}
     if info.is_main:
         state = load_checkpoint(last_path, stage_name)
         state.update(done=True, stopped_early=stopped_early, summary=summary)
