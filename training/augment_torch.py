@@ -15,7 +15,8 @@ the patch (``context`` gives room to rotate without padding) into
    from a multi-organ label map) and the liver get their own random intensity
    shift, so the network cannot rely on the spleen or kidneys being brighter
    or darker than the liver in one scan (SynthSeg-style, on real CT texture);
-2. synthetic liver lesions (``lesion_synth``) for stages that label tumour;
+2. synthetic liver lesions (``lesion_synth``) for stages that label tumour:
+   ellipsoids, and real tumour shapes when ``lesions.shapes`` names anatomy maps;
 3. one spatial warp: random rotation and scale (affine) plus an optional
    smooth elastic field, sampled once with ``grid_sample`` (image linear,
    labels nearest) from the crop's centre;
@@ -78,6 +79,13 @@ class TorchAugmenter:
         self.lesions = dict(lesions or {}) if (lesions or {}).get("enabled", False) else None
         self.spacing = tuple(float(s) for s in (spacing or (1.0,) * self.nd))
         self.liver_class, self.tumor_class = int(liver_class), tumor_class
+        self.shapes = None
+        if self.lesions is not None and self.lesions.get("shapes"):
+            from .tumour_shapes import TumourShapeBank
+
+            # Real tumour outlines on this stage's grid, once per stage; none wider than the patch.
+            self.shapes = TumourShapeBank.from_folder(self.lesions["shapes"], self.spacing, max_extent=self.patch,
+                                                      cache_dir=self.lesions.get("shapes_cache"))
         self.clip = (float(clip[0]), float(clip[1]))   # the stage's HU window in normalised units
         self._lut = None
 
@@ -200,7 +208,7 @@ class TorchAugmenter:
             from .lesion_synth import add_lesions
 
             image, target = add_lesions(image, target, g, self.lesions, self.spacing,
-                                        self.liver_class, int(self.tumor_class), self.clip)
+                                        self.liver_class, int(self.tumor_class), self.clip, shapes=self.shapes)
         image, target = self._warp(image, target, g)
         return self._intensity(image, g), target
 

@@ -52,6 +52,8 @@ class TumourShapeBank:
             raise DatasetError(f"train.lesions.shapes: '{folder}' holds no *{SUFFIX} label maps. Point it at the "
                                "anatomy maps (../shared/data/anatomy from the project root) or remove the key.")
         sp = tuple(float(s) for s in spacing)
+        if len(sp) != 3:
+            raise ValueError(f"tumour shapes need the stage's 3D spacing (i, j, k mm), got {list(sp)}")
         limit = tuple(int(e) for e in max_extent) if max_extent is not None else ()
         key = _key(maps, sp, limit, float(min_mm3))
         if key in _MEMO:
