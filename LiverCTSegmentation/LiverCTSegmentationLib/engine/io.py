@@ -148,21 +148,14 @@ def _check_nifti_compression(p: Path) -> None:
 
 def _check_nifti(p: Path) -> Optional[Callable[[], None]]:
     """Header checks now; for .nii.gz returns the full-stream check to run beside the read."""
-    import nibabel as nib
+    from .nifti_header import read_plain_header
 
     _check_nifti_compression(p)
-    try:
-        hdr = nib.load(str(p)).header
-    except Exception as e:  # nibabel raises many types for bad headers
-        raise InputError(f"'{p}' is not a valid NIfTI file ({e}). Check the file type or re-export it.") from e
-    # ITK (and nibabel's checked load) silently read pixdim 0 / NaN as 1 mm: volumes would be
-    # wrong by an unknown factor, so read the raw header again without nibabel's fixes.
-    opener = gzip.open if p.name.lower().endswith(".gz") else open
-    try:
-        with opener(p, "rb") as fh:
-            raw = type(hdr).from_fileobj(fh, check=False)
-    except Exception as e:  # same file parsed above; a failure here means a broken stream
-        raise InputError(f"'{p}' is not a valid NIfTI file ({e}). Check the file type or re-export it.") from e
+    # A plain NIfTI-1 header is parsed without importing nibabel (a third of a second); any other
+    # goes through nibabel's checked load, whose errors are the messages below.
+    raw = read_plain_header(p)
+    if raw is None:
+        raw = _nibabel_raw_header(p)
     pixdim = np.asarray(raw["pixdim"], dtype=float)[1:1 + min(3, max(1, len(raw.get_data_shape())))]
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
         raise InputError(
@@ -172,7 +165,7 @@ def _check_nifti(p: Path) -> Optional[Callable[[], None]]:
     _check_sform(p, raw)
     # The raw header's offset: the one nibabel's load() returns is reset to 0 for writing.
     need = int(raw.get_data_offset()) + int(np.prod(raw.get_data_shape(), dtype=np.int64)) * raw.get_data_dtype().itemsize
-    if isinstance(raw, nib.Nifti2Header):
+    if raw.sizeof_hdr == 540:  # NIfTI-2 (only nibabel's path returns one)
         if not p.name.lower().endswith(".gz"):
             need_bytes(p, p.stat().st_size, need)
         return _Nifti2(p, raw, need)
@@ -183,6 +176,24 @@ def _check_nifti(p: Path) -> Optional[Callable[[], None]]:
     # refuse it before ITK allocates the declared size.
     need_bytes(p, p.stat().st_size * _DEFLATE_MAX_RATIO, need)
     return _GzNifti(p, raw, need)
+
+
+def _nibabel_raw_header(p: Path) -> Any:
+    """The raw header (nibabel's, NIfTI-1 or -2) of a file nibabel's checked load accepts."""
+    import nibabel as nib
+
+    try:
+        hdr = nib.load(str(p)).header
+    except Exception as e:  # nibabel raises many types for bad headers
+        raise InputError(f"'{p}' is not a valid NIfTI file ({e}). Check the file type or re-export it.") from e
+    # ITK (and nibabel's checked load) silently read pixdim 0 / NaN as 1 mm: volumes would be
+    # wrong by an unknown factor, so read the raw header again without nibabel's fixes.
+    opener = gzip.open if p.name.lower().endswith(".gz") else open
+    try:
+        with opener(p, "rb") as fh:
+            return type(hdr).from_fileobj(fh, check=False)
+    except Exception as e:  # same file parsed above; a failure here means a broken stream
+        raise InputError(f"'{p}' is not a valid NIfTI file ({e}). Check the file type or re-export it.") from e
 
 
 def _check_sform(p: Path, raw: Any) -> None:
