@@ -199,11 +199,34 @@ def resample_labels_to_reference(label: Volume, reference: Volume, smooth: bool 
         sub = _resample_onto(lab, size, reference.spacing, origin, reference.direction, "nearest", 0)
         out[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = sub
         return Volume(out, reference.spacing, reference.origin, reference.direction.copy())
-    values = [int(v) for v in np.unique(lab.array) if v]
+    values = [int(v) for v in np.flatnonzero(np.bincount(lab.array.ravel())[1:]) + 1]
     if device is not None:
         _paste_smooth_torch(lab, reference, values, lo, hi, out, device)
         return Volume(out, reference.spacing, reference.origin, reference.direction.copy())
-    masks = [lab.with_array((lab.array >= v).astype(np.float32)) for v in values]
+    # Ascending values, each over the voxels it may reach: a larger value overwrites a smaller one.
+    for v in values:
+        mask = lab.array >= v
+        box = physical_box_to_index_range(reference, voxel_box_corners(lab, *_true_box(mask)))
+        if box is not None:
+            _paste_region(lab.with_array(mask.astype(np.float32)), v, reference, *box, out)
+    return Volume(out, reference.spacing, reference.origin, reference.direction.copy())
+
+
+def _true_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) (i, j, k), inclusive, of the True voxels of a non-empty [k, j, i] mask."""
+    ends = []
+    for other in ((0, 1), (0, 2), (1, 2)):  # reduce to the i, j, then k axis
+        hit = np.flatnonzero(mask.any(axis=other))
+        ends.append((hit[0], hit[-1]))
+    return np.array([e[0] for e in ends]), np.array([e[1] for e in ends])
+
+
+def _paste_region(mask: Volume, value: int, reference: Volume, lo, hi, out: np.ndarray) -> None:
+    """``out[voxels lo..hi] = value`` where ``mask`` (0/1 float32), interpolated linearly onto
+    ``reference``'s grid, is >= 0.5; in k slabs of at most ``SMOOTH_CHUNK_VOXELS``.
+
+    A point interpolates to >= 0.5 only within half a source voxel of a 1, so ``lo..hi`` need
+    only cover the voxel box of the mask's ones (their outer corners): the rest stays as it is."""
     plane = int((hi[0] - lo[0] + 1) * (hi[1] - lo[1] + 1))
     step = max(1, SMOOTH_CHUNK_VOXELS // max(plane, 1))
     for k0 in range(int(lo[2]), int(hi[2]) + 1, step):
@@ -211,11 +234,8 @@ def resample_labels_to_reference(label: Volume, reference: Volume, smooth: bool 
         c_lo = np.array([lo[0], lo[1], k0])
         size = np.array([hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, k1 - k0 + 1])
         origin = reference.physical_points(c_lo[None, :].astype(float))[0]
-        slab = out[k0:k1 + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
-        for v, m in zip(values, masks):
-            f = _resample_onto(m, size, reference.spacing, origin, reference.direction, "linear", 0.0)
-            slab[f >= 0.5] = v
-    return Volume(out, reference.spacing, reference.origin, reference.direction.copy())
+        f = _resample_onto(mask, size, reference.spacing, origin, reference.direction, "linear", 0.0)
+        out[k0:k1 + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1][f >= 0.5] = value
 
 
 def _paste_smooth_torch(lab: Volume, reference: Volume, values: list[int], lo, hi, out: np.ndarray, device) -> None:
