@@ -29,10 +29,13 @@ def test_resampled_case_is_centred_on_the_source_with_air_outside(tmp_path, monk
     path = tmp_path / "src.nii.gz"
     sitk.WriteImage(src, str(path))
     monkeypatch.setattr(B, "CHAOS", path)
-    monkeypatch.setattr(B, "SIZE_300", (32, 32, 60))
-    monkeypatch.setattr(B, "SPACING_300", (1.5, 1.5, 1.0))
-    out = sitk.ReadImage(str(B.build_chaos_300(tmp_path)))
+    monkeypatch.setattr(B, "RESAMPLED", {"chaos_300": ((32, 32, 60), (1.5, 1.5, 1.0)),
+                                         "chaos_150": ((32, 32, 30), (1.5, 1.5, 2.0))})
+    out = sitk.ReadImage(str(B.build_resampled(tmp_path, "chaos_300")))
     assert out.GetSize() == (32, 32, 60) and out.GetSpacing() == (1.5, 1.5, 1.0)
+    half = sitk.ReadImage(str(B.build_resampled(tmp_path, "chaos_150")))
+    assert half.GetSize() == (32, 32, 30) and half.GetSpacing() == (1.5, 1.5, 2.0)
+    assert np.allclose(half.GetOrigin(), out.GetOrigin(), atol=1.0)  # one field of view, other slices
     centre = lambda im: np.array(im.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in im.GetSize()]))
     assert np.allclose(centre(out), centre(src))
     arr = sitk.GetArrayFromImage(out)
@@ -51,3 +54,15 @@ def test_features_worker_reports_what_the_child_sees():
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["torch_capability"] == "AVX2" and got["bf16_used"] is False
     assert got["emulated"] == B.AVX2_ENV and set(got["flags"]) == set(B.FLAGS)
+
+
+def test_the_default_cases_include_the_150_slice_one_and_unknown_cases_are_refused(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    assert B.RESAMPLED["chaos_150"] == ((512, 512, 150), (0.8, 0.8, 2.0))
+    assert "chaos_150" in B.TARGETS
+    path = tmp_path / "src.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 4, 4), np.int16)), str(path))
+    monkeypatch.setattr(B, "CHAOS", path)
+    with pytest.raises(SystemExit, match="chaos_75"):
+        B.main(["--cases", "chaos,chaos_75", "--workdir", str(tmp_path / "w")])
