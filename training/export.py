@@ -216,6 +216,41 @@ def data_checksums(split: Mapping[str, Any] | None) -> list[tuple[str, str, str,
     return rows
 
 
+SYNTHETIC_LICENCE = ("3D-IRCADb-01 (IRCAD France) anatomy maps, CC BY-NC-ND 4.0: a model trained with them is "
+                     "for non-commercial research only")
+
+
+def synthetic_lines(data: Mapping[str, Any]) -> list[str]:
+    """Card lines for ``data.synthetic``: where the synthesis sources are, how many draws, their licence
+    and each label map's SHA256 (the maps themselves are never copied into a bundle)."""
+    spec = data.get("synthetic") or {}
+    if not spec:
+        return []
+    root = Path(str(spec.get("root", "")))
+    maps = sorted(root.glob("*_anatomy.nii.gz"))
+    wanted = set(spec.get("cases") or [])
+    maps = [m for m in maps if not wanted or m.name[: -len("_anatomy.nii.gz")] in wanted]
+    out = [f"- synthetic training CTs: {int(spec.get('variants', 1))} per anatomy label map x {len(maps)} maps, "
+           f"drawn by `LiverCTSegmentationLib/synthetic/anatomy_ct.py` (grid {spec.get('grid_mm', 1.5)} mm), "
+           f"{float(spec.get('fraction', 0.5)):.0%} of the training patches; training split only",
+           f"- synthesis sources: {SYNTHETIC_LICENCE}"]
+    out += [f"  - `{m.name}` SHA256 `{_sha256_file(m)}`" for m in maps]
+    return out
+
+
+def stage_training_lines(cfg: Mapping[str, Any]) -> list[str]:
+    """Per-stage schedule where a stage overrides the train section (epochs, training patch, warm start)."""
+    out = []
+    for name, st in (cfg.get("stages") or {}).items():
+        t = {**(cfg.get("train") or {}), **(st.get("train") or {})}
+        parts = [f"{t.get('epochs')} x {t.get('iterations_per_epoch')} iterations, batch {t.get('batch_size')}",
+                 f"training patch {t.get('patch_size') or st.get('patch_size')}"]
+        if t.get("init_weights"):
+            parts.append(f"warm-started from `{Path(str(t['init_weights'])).name}`")
+        out.append(f"- stage `{name}`: " + ", ".join(parts))
+    return out
+
+
 def _versions() -> str:
     parts = [f"python {platform.python_version()}"]
     for mod in ("torch", "numpy", "SimpleITK", "monai"):
@@ -255,6 +290,7 @@ def write_model_card(path: Path, desc: Mapping[str, Any], cfg: Mapping[str, Any]
     L += [f"- postprocess: {desc.get('postprocess')}", "", "## Training data", "",
           f"- {data_text}", f"- licence: {licence}",
           f"- label mapping (source -> model): {tr['label_mapping']}"]
+    L += synthetic_lines(cfg.get("data") or {})
     if split:
         how = "cases named in the config" if split.get("explicit") else f"seed {split.get('seed')}"
         L.append(f"- patient-level split ({how}): train {len(split.get('train', []))}, "
@@ -268,6 +304,7 @@ def write_model_card(path: Path, desc: Mapping[str, Any], cfg: Mapping[str, Any]
           f"- epochs {t.get('epochs')} x {t.get('iterations_per_epoch')} iterations, batch {t.get('batch_size')}, "
           f"optimizer {t.get('optimizer')} lr {t.get('lr')} schedule {t.get('schedule')}, loss {t.get('loss')}, "
           f"foreground oversampling {t.get('fg_oversample')}, tumour oversampling {t.get('tumor_oversample')}",
+          *stage_training_lines(cfg),
           f"- software: {_versions()}", f"- exported: {tr['exported']}", "", "## Evaluation", ""]
     if metrics and metrics.get("classes"):
         h = metrics.get("header") or {}
