@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from .statistics import nonzero_box
+from .volume import nonzero_box
 from .volume import Volume
 
 __all__ = ["REVIEW", "LiverMeasures", "measure_liver", "plausibility_warnings", "VOLUME_L", "HU_RANGE",

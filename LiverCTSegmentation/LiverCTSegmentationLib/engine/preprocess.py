@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .volume import Volume
+from .volume import Volume, nonzero_box
 
 _INTERP = {"linear", "nearest", "bspline"}
 
@@ -206,19 +206,12 @@ def resample_labels_to_reference(label: Volume, reference: Volume, smooth: bool 
     # Ascending values, each over the voxels it may reach: a larger value overwrites a smaller one.
     for v in values:
         mask = lab.array >= v
-        box = physical_box_to_index_range(reference, voxel_box_corners(lab, *_true_box(mask)))
+        ijk = nonzero_box(mask)[::-1]  # values come from the labels present: never empty
+        box = physical_box_to_index_range(reference, voxel_box_corners(
+            lab, [b.start for b in ijk], [b.stop - 1 for b in ijk]))
         if box is not None:
             _paste_region(lab.with_array(mask.astype(np.float32)), v, reference, *box, out)
     return Volume(out, reference.spacing, reference.origin, reference.direction.copy())
-
-
-def _true_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) (i, j, k), inclusive, of the True voxels of a non-empty [k, j, i] mask."""
-    ends = []
-    for other in ((0, 1), (0, 2), (1, 2)):  # reduce to the i, j, then k axis
-        hit = np.flatnonzero(mask.any(axis=other))
-        ends.append((hit[0], hit[-1]))
-    return np.array([e[0] for e in ends]), np.array([e[1] for e in ends])
 
 
 def _paste_region(mask: Volume, value: int, reference: Volume, lo, hi, out: np.ndarray) -> None:

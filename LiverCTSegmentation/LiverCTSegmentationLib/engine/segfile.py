@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, OutputError
-from .volume import LPS_TO_RAS, Volume
+from .volume import LPS_TO_RAS, Volume, nonzero_box
 
 CATEGORY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 ANATOMY_CONTEXT = "Anatomic codes - DICOM master list"
@@ -51,21 +51,6 @@ def terminology_string(term: dict[str, Any] | None) -> str:
     typ = code("type") if term.get("type") else "SCT^85756007^Tissue"
     return "~".join([CATEGORY_CONTEXT, category, typ, code("type_modifier"), ANATOMY_CONTEXT,
                      code("region"), code("region_modifier")])
-
-
-def _nonzero_box(arr: np.ndarray) -> tuple[slice, ...] | None:
-    """Slices (k, j, i) of the bounding box of all labelled voxels, or None for an empty labelmap.
-
-    One pass over the whole volume; per-segment extents are then found inside this box only
-    (a liver fills a small part of an abdominal CT, so this is most of the saving).
-    """
-    k = np.flatnonzero(arr.any(axis=(1, 2)))
-    if k.size == 0:
-        return None
-    sub = arr[k[0]:k[-1] + 1]
-    j = np.flatnonzero(sub.any(axis=(0, 2)))
-    i = np.flatnonzero(sub.any(axis=(0, 1)))
-    return slice(k[0], k[-1] + 1), slice(j[0], j[-1] + 1), slice(i[0], i[-1] + 1)
 
 
 def _extent(arr: np.ndarray, box: tuple[slice, ...] | None, value: int) -> list[int]:
@@ -121,7 +106,7 @@ def write_seg_nrrd(labelmap: Volume, labels: list[dict], path: str | os.PathLike
         raise OutputError(f"'{Path(path).name}': Slicer segmentation files must end with .seg.nrrd.")
     if arr.dtype not in (np.uint8, np.uint16, np.int16, np.int32, np.uint32):
         arr = arr.astype(np.uint16 if arr.max(initial=0) > 255 else np.uint8)
-    box = _nonzero_box(arr)
+    box = nonzero_box(arr)
     lo = np.zeros(3, int)  # (i, j, k) of the stored array's first voxel in the full grid
     stored, ijk_to_lps = arr, labelmap.ijk_to_lps()
     if crop and box is not None:

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .volume import Volume
+from .volume import Volume, nonzero_box
 
 
 @dataclass
@@ -67,22 +67,6 @@ class Statistics:
             d.update({"centroid_l_mm": round(c[0], 2), "centroid_p_mm": round(c[1], 2), "centroid_s_mm": round(c[2], 2)})
             rows.append(d)
         return rows
-
-
-def nonzero_box(arr: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
-    """Slices of the [k, j, i] bounding box of the non-zero voxels (None if all zero).
-
-    The k extent is found first, so the j/i scans only read that slab; the
-    reductions are buffered by numpy, so no full-size temporary is made.
-    """
-    k = np.flatnonzero(arr.any(axis=(1, 2)))
-    if not k.size:
-        return None
-    slab = arr[k[0] : k[-1] + 1]
-    j = np.flatnonzero(slab.any(axis=(0, 2)))
-    i = np.flatnonzero(slab.any(axis=(0, 1)))
-    return (slice(int(k[0]), int(k[-1]) + 1), slice(int(j[0]), int(j[-1]) + 1),
-            slice(int(i[0]), int(i[-1]) + 1))
 
 
 def _lesion_ids(tumor: np.ndarray) -> np.ndarray:

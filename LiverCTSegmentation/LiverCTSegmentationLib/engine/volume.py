@@ -38,6 +38,22 @@ def is_orthonormal(direction: np.ndarray, tol: float = ORTHONORMAL_TOL) -> bool:
     return bool(np.isfinite(d).all() and np.abs(d.T @ d - np.eye(3)).max() <= tol)
 
 
+def nonzero_box(arr: np.ndarray) -> "tuple[slice, slice, slice] | None":
+    """Slices of the [k, j, i] bounding box of the non-zero voxels (None if all zero).
+
+    The k extent is found first, so the j/i scans only read that slab; the
+    reductions are buffered by numpy, so no full-size temporary is made.
+    """
+    k = np.flatnonzero(arr.any(axis=(1, 2)))
+    if not k.size:
+        return None
+    slab = arr[k[0] : k[-1] + 1]
+    j = np.flatnonzero(slab.any(axis=(0, 2)))
+    i = np.flatnonzero(slab.any(axis=(0, 1)))
+    return (slice(int(k[0]), int(k[-1]) + 1), slice(int(j[0]), int(j[-1]) + 1),
+            slice(int(i[0]), int(i[-1]) + 1))
+
+
 @dataclass
 class Volume:
     array: np.ndarray
