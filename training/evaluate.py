@@ -14,7 +14,8 @@ ground truth is mapped with the task's label mapping, and
   positive prediction, and its volume).
 - ``boxplot_<metric>.png`` per metric and ``overlays/<case>.png`` (the CLI's
   overlay of the prediction) + ``overlays/<case>_compare.png`` (truth dashed vs
-  prediction solid on the axial slice with the most truth).
+  prediction solid, errors shaded, on the axial and coronal slices through the
+  largest liver error).
 
 Distances are NaN when exactly one of truth/prediction is empty (see
 metrics.py); they are left out of means and counted in the summary.
@@ -172,39 +173,60 @@ def write_boxplots(out: Path, rows: Sequence[Mapping[str, Any]]) -> list[Path]:
     return paths
 
 
+def error_slices(truth: np.ndarray, pred: np.ndarray) -> tuple[int, int]:
+    """(axial k, coronal j) of an [S, P, L] pair where the liver disagrees most (false positive or
+    negative voxels); where they agree everywhere, where the truth (else the prediction) is largest."""
+    for score in (((truth > 0) != (pred > 0)), truth > 0, pred > 0):
+        if score.any():
+            return int(np.argmax(score.sum(axis=(1, 2)))), int(np.argmax(score.sum(axis=(0, 2))))
+    return truth.shape[0] // 2, truth.shape[1] // 2
+
+
+def class_title(case_id: str, m: Mapping[str, Mapping[str, Any]]) -> str:
+    """``case: liver Dice 0.912, tumor absent`` (a class empty in truth and prediction has no Dice)."""
+    parts = [f"{c} absent" if not v.get("sum_sizes", 1) else f"{c} Dice {v['dice']:.3f}" for c, v in m.items()]
+    return f"{case_id}: " + ", ".join(parts)
+
+
 def save_compare_png(ct, truth: np.ndarray, pred: np.ndarray, path: Path, title: str = "") -> Path:
-    """Axial slice (most truth, else most prediction) with truth dashed and prediction solid contours,
-    reoriented to LPS-canonical so it is shown radiologically for any input direction."""
+    """Axial and coronal slices through the largest liver error, truth dashed and prediction solid,
+    false-positive liver shaded red and false-negative blue; reoriented to LPS-canonical so it is
+    shown radiologically for any input direction. The picture a model card shows as its worst case."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
-    ct_arr, (sx, sy) = np.asarray(ct.array), ct.spacing[:2]
+    ct_arr, sp = np.asarray(ct.array), (ct.spacing[0], ct.spacing[1], ct.spacing[2])
     try:  # radiological display whatever the input orientation (patient right on image left)
         from LiverCTSegmentationLib.batch.overlay import canonical_lps
 
         ct_arr, sp = canonical_lps(ct)
         truth, pred = canonical_lps(ct, truth)[0], canonical_lps(ct, pred)[0]
-        sx, sy = sp[0], sp[1]
     except ImportError:
         pass
-    score = (truth > 0).sum(axis=(1, 2))
-    if score.max() == 0:
-        score = (pred > 0).sum(axis=(1, 2))
-    k = int(np.argmax(score)) if score.max() > 0 else ct_arr.shape[0] // 2
-    img = np.clip(np.asarray(ct_arr[k], dtype=np.float32), -160, 240)
-    fig = Figure(figsize=(6, 6 * img.shape[0] * sy / max(img.shape[1] * sx, 1e-6) + 0.5))
+    k, j = error_slices(truth, pred)
+    # (image, truth, prediction, row spacing, column spacing, caption); coronal with superior up
+    views = [(ct_arr[k], truth[k], pred[k], sp[1], sp[0], f"axial k={k}"),
+             (ct_arr[::-1, j], truth[::-1, j], pred[::-1, j], sp[2], sp[0], f"coronal j={j}")]
+    shading = ListedColormap([(0, 0, 0, 0), (0.9, 0.1, 0.1, 0.45), (0.1, 0.4, 1.0, 0.45)])
+    fig = Figure(figsize=(11, 5.8))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(111)
-    ax.imshow(img, cmap="gray", aspect=sy / sx)
     colors = {1: "tab:orange", 2: "lime"}
-    for v in sorted(set(np.unique(truth[k]).tolist() + np.unique(pred[k]).tolist()) - {0}):
-        c = colors.get(int(v), "cyan")
-        if (truth[k] == v).any():
-            ax.contour(truth[k] == v, levels=[0.5], colors=[c], linestyles="dashed", linewidths=1)
-        if (pred[k] == v).any():
-            ax.contour(pred[k] == v, levels=[0.5], colors=[c], linewidths=1)
-    ax.set_title(f"{title}  slice k={k}  (truth dashed, prediction solid)", fontsize=8)
-    ax.axis("off")
+    for n, (img, t, p, rs, cs, caption) in enumerate(views):
+        ax = fig.add_subplot(1, 2, n + 1)
+        ax.imshow(np.clip(np.asarray(img, dtype=np.float32), -160, 240), cmap="gray", aspect=rs / cs)
+        err = np.where((p > 0) & (t == 0), 1, np.where((t > 0) & (p == 0), 2, 0))
+        ax.imshow(err, cmap=shading, vmin=0, vmax=2, aspect=rs / cs, interpolation="nearest")
+        for v in sorted(set(np.unique(t).tolist() + np.unique(p).tolist()) - {0}):
+            c = colors.get(int(v), "cyan")
+            if (t == v).any():
+                ax.contour(t == v, levels=[0.5], colors=[c], linestyles="dashed", linewidths=1)
+            if (p == v).any():
+                ax.contour(p == v, levels=[0.5], colors=[c], linewidths=1)
+        ax.set_title(f"{caption}: {int((err == 1).sum())} false-positive (red), "
+                     f"{int((err == 2).sum())} false-negative (blue) liver voxels", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"{title}  (truth dashed, prediction solid; slices through the largest liver error)", fontsize=9)
     fig.savefig(path, dpi=90)
     return path
 
@@ -256,7 +278,7 @@ def evaluate_cases(cases: Sequence[Case], bundle_dir: str | Path, out_dir: str |
         log(f"[{i + 1}/{len(cases)}] {case.case_id}: "
             + ", ".join(f"{c} Dice {v['dice']:.3f}" for c, v in m.items()) + f" ({seconds:.1f} s)")
         if overlays:
-            title = f"{case.case_id}: " + ", ".join(f"{c} Dice {v['dice']:.3f}" for c, v in m.items())
+            title = class_title(case.case_id, m)
             if save_overlay_png is not None:
                 try:
                     save_overlay_png(ct, res.labelmap, out / "overlays" / f"{case.case_id}.png", title=title,
