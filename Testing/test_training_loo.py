@@ -157,6 +157,10 @@ def test_loo_trains_folds_evaluates_held_out_case_and_exports_final(dataset, tmp
     assert model["stages"]["coarse"]["orientation"] == "canonical"
     card = (out / "final" / "bundle" / "MODEL_CARD.md").read_text()
     assert "licence: CHAOS CC-BY-SA 4.0" in card and "Three public CTs" in card   # the config's own data text
+    # the final card carries the honest estimate: the fold table and the worst held-out case's picture
+    assert "Leave-one-real-case-out" in card and "| b |" in card and "Worst held-out case: b" in card
+    worst = (out / "final" / "bundle" / "worst_case.png").read_bytes()
+    assert worst == (out / "loo" / "b" / "overlays" / "b_compare.png").read_bytes() and worst[:4] == b"\x89PNG"
     bad = subprocess.run([sys.executable, "-m", "liverct_training.cli", "loo", str(cfg), "--run-dir", str(out),
                           "--cases", "zz", "--eval-only"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unknown case" in (bad.stdout + bad.stderr)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -150,8 +151,27 @@ def write_summary(results: dict[str, Any], root: Path) -> Path:
             false += f" ({r['false_tumour_ml']:.1f} mL)"
         lines.append(f"| {r['case']} | {f(r['liver_dice'])} | {f(r['liver_hd95_mm'])} | {f(r['liver_rvd'], True)} | "
                      f"{f(r.get('tumor_dice'))} | {lesions} | {false} |")
+    worst = worst_case_picture(rows, out)
+    if worst is not None:
+        lines += ["", f"Worst held-out case: {worst[0]} (liver Dice {f(worst[1])}); `{worst[2].name}` shows the axial "
+                  "and coronal slices through its largest liver error (false-positive liver red, false-negative blue)."]
     (out / "loo_summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out / "loo_summary.md"
+
+
+def worst_case_picture(rows: Sequence[dict], out: Path) -> tuple[str, float, Path] | None:
+    """Copy the compare picture of the fold with the lowest liver Dice to ``out/worst_case.png``
+    (the card's known-failure picture); (case, Dice, path), or None without pictures."""
+    scored = [r for r in rows if r.get("liver_dice") is not None]
+    if not scored:
+        return None
+    r = min(scored, key=lambda r: r["liver_dice"])
+    src = out / r["case"] / "overlays" / f"{r['case']}_compare.png"
+    if not src.is_file():
+        return None
+    dst = out / "worst_case.png"
+    shutil.copyfile(src, dst)
+    return r["case"], float(r["liver_dice"]), dst
 
 
 def main_loo(argv: Sequence[str] | None = None) -> int:
@@ -193,7 +213,11 @@ def main_loo(argv: Sequence[str] | None = None) -> int:
         bundle = final[0][1] / "bundle"
         from .export import export_run
 
-        export_run(final[0][1], bundle, overwrite=True)
+        # The final model's card carries the honest estimate: the leave-one-out table and worst case.
+        extra = "## Leave-one-real-case-out (the honest estimate of this recipe)\n\n" + summary.read_text(encoding="utf-8")
+        export_run(final[0][1], bundle, overwrite=True, card_extra=extra)
+        if (summary.parent / "worst_case.png").is_file():
+            shutil.copyfile(summary.parent / "worst_case.png", bundle / "worst_case.png")
         print(f"final bundle: {bundle} (leave-one-out results: {summary})")
     return 0
 
