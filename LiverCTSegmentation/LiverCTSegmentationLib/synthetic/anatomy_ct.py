@@ -38,6 +38,9 @@ TISSUES: dict[str, tuple[tuple[float, float], tuple[float, float], float]] = {
     "adrenal_gland": ((25.0, 40.0), (15.0, 60.0), 0.6),
     "stomach": ((10.0, 40.0), (0.0, 40.0), 1.0),
     "lung": ((-900.0, -780.0), (0.0, 0.0), 0.5),
+    # blood pool and myocardium as one: up to ~250 HU at full contrast (arterial-like), 30-70 unenhanced
+    "heart": ((30.0, 50.0), (90.0, 200.0), 0.3),
+    "mediastinum": ((-110.0, -60.0), (0.0, 10.0), 0.8),  # fat with strands of soft tissue
     "metal_or_stone": ((800.0, 2500.0), (0.0, 0.0), 0.0),
 }
 SOFT_TISSUE = ((30.0, 60.0), (10.0, 50.0), 0.6)  # a class this table does not name
@@ -155,14 +158,19 @@ def synthesize_ct(labels: np.ndarray, names: Mapping[int, str], spacing_ijk, see
     return np.clip(np.rint(image), -1024, 3071).astype(np.int16)
 
 
-def synthesize_volume(anatomy: Volume, names: Mapping[int, str], seed: int,
-                      params: SynthesisParams = SynthesisParams()) -> tuple[Volume, Volume]:
-    """(CT, labels) on one grid of ``params.grid_mm``: the anatomy resampled (nearest), then drawn."""
+def labels_on_grid(anatomy: Volume, params: SynthesisParams = SynthesisParams()) -> Volume:
+    """The uint8 label map on the synthesis grid (axes finer than ``params.grid_mm`` resampled, nearest)."""
     from ..engine.preprocess import resample_to_spacing
 
     grid = tuple(max(float(s), params.grid_mm) for s in anatomy.spacing)
     labels = anatomy if np.allclose(grid, anatomy.spacing) else resample_to_spacing(anatomy, grid, "nearest")
-    labels = labels.with_array(np.asarray(labels.array, dtype=np.uint8))
+    return labels.with_array(np.asarray(labels.array, dtype=np.uint8))
+
+
+def synthesize_volume(anatomy: Volume, names: Mapping[int, str], seed: int,
+                      params: SynthesisParams = SynthesisParams()) -> tuple[Volume, Volume]:
+    """(CT, labels) on one grid of ``params.grid_mm``: the anatomy resampled (nearest), then drawn."""
+    labels = labels_on_grid(anatomy, params)
     ct = synthesize_ct(labels.array, names, labels.spacing, seed, params)
     return labels.with_array(ct), labels
 
