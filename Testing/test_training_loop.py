@@ -175,6 +175,10 @@ def test_phantom_preset_trains_resumes_exports_and_segments(tmp_path):
         assert all(np.isfinite(h["train_loss"]) and 0 <= h["val_dice"] <= 1 for h in hist)
         assert _png(run / "plots" / f"curves_{stage}.png") and _png(run / "plots" / f"overlay_{stage}.png")
     assert "val_dice_2" in hist[0]  # fine stage reports tumour Dice separately
+    # every class's mean probability on its own voxels, per epoch, and the verdict in the summary
+    assert all(0.0 <= h[f"soft_recall_{c}"] <= 1.0 for h in hist for c in (0, 1))
+    summary = json.loads((run / "train_summary.json").read_text())["fine"]
+    assert set(summary["soft_recall"]) >= {"0", "1"} and isinstance(summary["unlearned_classes"], list)
     metric_files = list((run / "mlruns").glob("*/*/metrics/coarse.train_loss"))
     assert metric_files and len(metric_files[0].read_text().strip().splitlines()) == 2
     split = json.loads((run / "split.json").read_text())

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import distributed as D
 from .checkpoint import atomic_save, load_checkpoint, restore, save_checkpoint
+from .class_monitor import UNLEARNED_BELOW, SoftRecall, unlearned
 from .config import ConfigError, load_config, save_config, trained_stages
 from .determinism import make_generator, rng_state, seed_everything, worker_init_fn
 from .sampling import PatchDataset, StageCase, label_lut
@@ -178,13 +179,29 @@ def stage_settings(cfg: dict, stage_name: str) -> dict:
     return deep_merge(cfg["train"], cfg["stages"][stage_name].get("train") or {})
 
 
-def train_step(model, loss_fn, opt, x, y, amp_dtype, scaler):
-    """One optimiser step under the run's autocast (shared with bench/bench_training.py); returns the loss."""
+def stage_class_names(st: dict, task: str) -> list[str]:
+    """Names of a stage's output classes for messages: background, liver, tumor (or class N)."""
+    c2l = list(st.get("class_to_label", list(range(int(st["architecture"]["out_channels"])))))
+    tumor = _tumor_class(c2l, task)
+    names = ["background"] + [f"class {c}" for c in range(1, len(c2l))]
+    if len(c2l) > 1 and str(task).startswith("liver"):
+        names[1] = "liver"
+    if tumor is not None and tumor < len(names):
+        names[tumor] = "tumor"
+    return names
+
+
+def train_step(model, loss_fn, opt, x, y, amp_dtype, scaler, recall=None):
+    """One optimiser step under the run's autocast (shared with bench/bench_training.py); returns the loss.
+    ``recall`` (a ``class_monitor.SoftRecall``) is updated from the step's own logits."""
     import torch
 
     opt.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        loss = loss_fn(model(x), y)
+        logits = model(x)
+        loss = loss_fn(logits, y)
+    if recall is not None:
+        recall.update(logits, y)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -373,6 +390,7 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
     loader_kw = dict(batch_size=bs, shuffle=False, num_workers=nw, worker_init_fn=worker_init_fn,
                      generator=make_generator(seed), drop_last=True, pin_memory=device.type == "cuda")
 
+    recall = SoftRecall(int(arch["out_channels"]))
     start_epoch, history, best, bad = 0, [], -1.0, 0
     if ckpt is not None:
         restore(ckpt, last_path, D.unwrap(model), opt, sched, scaler)
@@ -384,13 +402,14 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
         ds.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(ds, **loader_kw)
         t0, losses = time.perf_counter(), []
+        recall.reset()
         bar = tqdm(loader, desc=f"{stage_name} {epoch + 1}/{epochs}", disable=not info.is_main, leave=False)
         for it, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if on_device is not None:
                 with torch.no_grad():
                     x, y = on_device(x, y, _batch_generator(device, seed, info.rank, epoch, it))
-            loss = train_step(model, loss_fn, opt, x, y, amp_dtype, scaler)
+            loss = train_step(model, loss_fn, opt, x, y, amp_dtype, scaler, recall)
             if t["schedule"] != "plateau":
                 sched.step()
             losses.append(float(loss.detach()))
@@ -400,6 +419,8 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
         D.sync_buffers(model, info)
         row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": D.all_reduce_mean(float(np.mean(losses)), info),
                                "lr": opt.param_groups[0]["lr"], "sec_per_iter": dt / max(1, len(losses))}
+        # mean probability of each class on its own voxels this epoch (a collapsing class shows here)
+        row.update({f"soft_recall_{c}": v for c, v in recall.values().items()})
         example = None
         if val_cases and ((epoch + 1) % int(t.get("val_every", 1)) == 0 or epoch + 1 == epochs):
             vm, example = validate(D.unwrap(model), val_cases, st, device, info)
@@ -438,6 +459,14 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
                "sec_per_iter": float(np.mean([h["sec_per_iter"] for h in history])) if history else None,
                "weights_sha256": weights_digest(model), "rank": info.rank, "world_size": info.world_size,
                "init_weights_sha256": init_sha}
+    if history:
+        last = {int(k.rsplit("_", 1)[1]): v for k, v in history[-1].items() if k.startswith("soft_recall_")}
+        summary["soft_recall"] = {str(c): round(v, 4) for c, v in last.items()}
+        summary["unlearned_classes"] = unlearned(last, stage_class_names(st, cfg["data"]["task"]))
+        if summary["unlearned_classes"] and info.is_main:
+            print(f"[{stage_name}] WARNING: not learned: {', '.join(summary['unlearned_classes'])} (mean probability "
+                  f"on its own voxels < {UNLEARNED_BELOW} in the last epoch: soft_recall in history_{stage_name}.json). "
+                  "Train longer, raise its class weight or oversampling, and check its labels.", flush=True)
     if info.is_main:
         state = load_checkpoint(last_path, stage_name)
         state.update(done=True, stopped_early=stopped_early, summary=summary)
