@@ -44,19 +44,11 @@ class ThoraxParams:
 
 def patient_axes(direction) -> tuple[Axis, Axis, Axis]:
     """The array axes pointing to the patient's Left, Posterior and Superior (LPS ``direction``
-    columns = i, j, k); an oblique grid gets the nearest axis for each."""
-    d = np.asarray(direction, float).reshape(3, 3)
-    rows: set[int] = set()
-    cols: set[int] = set()
-    out: dict[int, Axis] = {}
-    for flat in np.argsort(-np.abs(d), axis=None):  # greedy: the strongest cosine first
-        r, c = divmod(int(flat), 3)
-        if r in rows or c in cols:
-            continue
-        rows.add(r)
-        cols.add(c)
-        out[r] = (2 - c, 1 if d[r, c] > 0 else -1)  # column i is array axis 2 (KJI order)
-    return out[0], out[1], out[2]
+    columns = i, j, k); an oblique grid gets the nearest axis for each (the engine's own choice)."""
+    from ..engine.preprocess import canonical_axes
+
+    cols, signs = canonical_axes(np.asarray(direction, float).reshape(3, 3))
+    return tuple((2 - c, 1 if s > 0 else -1) for c, s in zip(cols, signs))  # column i is array axis 2 (KJI)
 
 
 def superior_axis(direction) -> Axis:
