@@ -47,6 +47,13 @@ def test_a_class_absent_from_the_targets_is_neither_scored_nor_flagged():
     assert r.values() == {}
 
 
+def test_values_above_the_channels_count_as_foreground_as_bce_does():
+    y = _target()                                  # values 0, 1, 2 against two channels
+    r = SoftRecall(2)
+    r.update(torch.zeros(2, 2, 4, 6, 6), y)
+    assert int(r.count[1]) == int((y > 0).sum()) and r.values()[1] == pytest.approx(0.5)
+
+
 def test_train_step_feeds_the_monitor_from_its_own_logits():
     torch.manual_seed(0)
     net = torch.nn.Conv3d(1, 3, 1)
@@ -58,7 +65,7 @@ def test_train_step_feeds_the_monitor_from_its_own_logits():
     with torch.no_grad():
         p = torch.softmax(net(x), 1)
     assert r.values()[2] == pytest.approx(float(p[:, 2][y == 2].mean()), rel=1e-5)
-    assert sum(r.count) == y.numel()
+    assert int(r.count.sum()) == y.numel()
 
 
 def test_stage_class_names_follow_the_task():

@@ -21,26 +21,29 @@ class SoftRecall:
         self.reset()
 
     def reset(self) -> None:
-        self.prob = [0.0] * self.n
-        self.count = [0] * self.n
+        self.prob = None  # tensors on the training device: no host sync per step
+        self.count = None
 
     def update(self, logits, target) -> None:
         """``logits`` [B, C, *spatial], ``target`` [B, *spatial] class indices (no gradient kept)."""
         import torch
 
         with torch.no_grad():
-            p = torch.softmax(logits.detach().float(), dim=1)
-            t = target.long()
-            for c in range(min(self.n, p.shape[1])):
-                mask = t == c
-                k = int(mask.sum())
-                if k:
-                    self.prob[c] += float(p[:, c][mask].sum())
-                    self.count[c] += k
+            # bce reads any value > 0 as foreground (channel 1): count it there, as the loss does
+            t = target.long().clamp(0, logits.shape[1] - 1).unsqueeze(1)
+            p_true = torch.softmax(logits.detach().float(), dim=1).gather(1, t).flatten()
+            t = t.flatten()
+            prob = torch.bincount(t, weights=p_true, minlength=self.n)[: self.n]
+            count = torch.bincount(t, minlength=self.n)[: self.n]
+        self.prob = prob if self.prob is None else self.prob + prob
+        self.count = count if self.count is None else self.count + count
 
     def values(self) -> dict[int, float]:
         """{class: mean probability on its voxels} for the classes seen in the targets."""
-        return {c: self.prob[c] / self.count[c] for c in range(self.n) if self.count[c]}
+        if self.count is None:
+            return {}
+        prob, count = self.prob.double().cpu().tolist(), self.count.cpu().tolist()
+        return {c: prob[c] / count[c] for c in range(self.n) if count[c]}
 
 
 def unlearned(recall: Mapping[int, float], names: Sequence[str] | None = None,
