@@ -91,3 +91,20 @@ def test_training_patch_is_separate_from_the_inference_window(tmp_path, source_b
     with pytest.raises(ConfigError, match="multiples of"):
         T.train(load_config("phantom", _ov(tmp_path / "run2", source_bundle.parent / "cache",
                                            "train.patch_size=[10,16,32]")))
+
+
+def test_warm_start_into_a_wider_tail_keeps_the_trained_weights(tmp_path, source_bundle):
+    from LiverCTSegmentationLib.engine.bundle import ModelBundle, load_state_dict
+
+    # lr=0: the widened stage starts from the bundle's weights (the old block of every tail tensor).
+    run = tmp_path / "run"
+    T.train(load_config("phantom", _ov(run, source_bundle.parent / "cache", "train.lr=0",
+                                       "stages.coarse.architecture.refine_channels=7",
+                                       f"train.init_weights={source_bundle}")))
+    src = load_state_dict(ModelBundle.load(source_bundle).stages["coarse"])
+    got = _state(run, "best_coarse.pt")
+    assert got["outc.weight"].shape[1] == 7
+    for k, v in src.items():
+        if k.endswith("num_batches_tracked") or "running_" in k:
+            continue
+        assert torch.equal(got[k][tuple(slice(0, n) for n in v.shape)], v), k

@@ -25,6 +25,7 @@ from .class_monitor import UNLEARNED_BELOW, SoftRecall, unlearned
 from .config import ConfigError, load_config, save_config, trained_stages
 from .determinism import make_generator, rng_state, seed_everything, worker_init_fn
 from .sampling import PatchDataset, StageCase, label_lut
+from .widen import differs_only_in_tail_width, tail_width, widen_tail
 
 STAGE_ORDER = ("coarse", "fine")
 
@@ -295,7 +296,8 @@ def load_init_weights(model, folder: str, stage_name: str, arch: dict) -> str:
 
     Why: fine-tuning a trained stage costs a fraction of training from scratch, which is what
     makes CPU training feasible. The bundle's SHA256 is verified and its architecture must equal
-    the stage's, so a warm start can never silently load mismatched or unverified weights.
+    the stage's, so a warm start can never silently load mismatched or unverified weights; the one
+    allowed difference is a wider ``refine_channels`` tail (``widen.py``: same logits at the start).
     Returns the weights' SHA256 (recorded in the history for the model card).
     """
     from LiverCTSegmentationLib.engine.bundle import ModelBundle, load_state_dict
@@ -305,6 +307,12 @@ def load_init_weights(model, folder: str, stage_name: str, arch: dict) -> str:
         raise ConfigError(f"train.init_weights: model '{bundle.name}' has no stage '{stage_name}' "
                           f"(has {', '.join(bundle.stage_names)})")
     src = bundle.stages[stage_name]
+    if dict(src.architecture) != dict(arch) and differs_only_in_tail_width(dict(src.architecture), dict(arch)):
+        # A wider full-resolution tail: the trained weights, widened without changing the output.
+        D.unwrap(model).load_state_dict(widen_tail(load_state_dict(src), D.unwrap(model)), strict=True)
+        print(f"[{stage_name}] warm start from {bundle.name}: tail widened {tail_width(src.architecture)} -> "
+              f"{tail_width(arch)} channels (same logits until trained)", flush=True)
+        return src.sha256
     if dict(src.architecture) != dict(arch):
         raise ConfigError(f"train.init_weights: stage '{stage_name}' of '{bundle.name}' is {src.architecture}, "
                           f"but this config's stage is {arch}; the architectures must be equal to warm-start")
