@@ -1,0 +1,42 @@
+"""The default model's recipe (training/recipe_liverct_1_0.py) is a chain of valid configs of the preset."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from liverct_training import recipe_liverct_1_0 as R
+from liverct_training.config import load_config
+
+
+@pytest.mark.parametrize("round_no", sorted(R.ROUNDS))
+def test_every_run_of_every_round_is_a_valid_config(tmp_path, round_no):
+    for name, held in R.RUNS:
+        cfg = load_config(R.PRESET, R.run_overrides(round_no, name, held, tmp_path / "runs", tmp_path / "cache"))
+        assert cfg["data"]["split"]["test"] == ([held] if held else [])
+        fine = cfg["stages"]["fine"]["train"]
+        if round_no == 1:
+            assert cfg["train"].get("stages") in (None, ["coarse", "fine"]) and "init_weights" not in fine
+            assert "thorax" not in cfg["data"]["synthetic"]
+        else:
+            assert cfg["train"]["stages"] == ["fine"]
+            # each round starts from the same run's bundle of the round before: a fold never meets its held-out CT
+            assert fine["init_weights"] == str(tmp_path / "runs" / f"round{round_no - 1}" / name / "bundle")
+
+
+def test_the_rounds_change_what_the_card_says_they_change(tmp_path):
+    cfg = {r: load_config(R.PRESET, R.run_overrides(r, "final", None, tmp_path, tmp_path / "c")) for r in R.ROUNDS}
+    fine = {r: c["stages"]["fine"]["train"] for r, c in cfg.items()}
+    assert "shapes" not in fine[1].get("lesions", {}) and fine[2]["lesions"]["shapes"].endswith("anatomy")
+    assert [r for r in R.ROUNDS if "thorax" in cfg[r]["data"]["synthetic"]] == [3, 4, 5]
+    assert cfg[3]["data"]["synthetic"]["thorax"] == {"prob": 0.75, "cap_mm": [40, 90]}
+    assert fine[3]["class_weights"] == [1.0, 1.0, 4.0] and fine[5]["class_weights"] == [1.0, 1.0, 3.0]
+    assert cfg[4]["train"]["patch_size"] == [48, 64, 64] and cfg[4]["train"]["batch_size"] == 4
+    assert cfg[5]["train"]["patch_size"] == [64, 96, 96] and cfg[5]["train"]["batch_size"] == 2
+
+
+def test_print_lists_four_runs_per_round(tmp_path, capsys):
+    assert R.main(["--run-dir", str(tmp_path / "r"), "--print", "--rounds", "4", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 8 and all(f"liverseg-train train {R.PRESET}" in ln for ln in lines)
+    assert sum("data.split.test=[lits117]" in ln for ln in lines) == 2
