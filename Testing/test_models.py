@@ -116,14 +116,14 @@ FAST = {"timeout": 0.3, "retries": 2, "backoff": 0.01}
 # ------------------------------------------------------------------ manifest
 def test_shipped_manifest_and_default(repo_root: Path) -> None:
     data = models.load_manifest()
-    assert data["default"] == "liverct-real"
+    assert data["default"] == "liverct"
     entry = next(m for m in data["models"] if m["name"] == data["default"])
     assert entry["bundled"] is True and entry["url"] is None
-    assert models.default_bundle_dir() == repo_root / "LiverCTSegmentation/Resources/Models/liverct-real"
+    assert models.default_bundle_dir() == repo_root / "LiverCTSegmentation/Resources/Models/liverct"
     infos = models.list_models()
-    assert [i.name for i in infos if i.default] == ["liverct-real"]
-    # The phantom demo model stays installed (test fixture, comparison), but is not the default.
-    assert "liverct-phantom-demo" in [i.name for i in infos]
+    assert [i.name for i in infos if i.default] == ["liverct"]
+    # The previous default and the phantom demo stay installed (comparison, test fixture), not as default.
+    assert {"liverct-real", "liverct-phantom-demo"} <= {i.name for i in infos}
 
 
 def test_shipped_bundles_load_and_stay_small(repo_root: Path) -> None:
@@ -135,9 +135,15 @@ def test_shipped_bundles_load_and_stay_small(repo_root: Path) -> None:
         assert bundle.version == m["version"]
         size = sum(p.stat().st_size for p in folder.iterdir())
         assert size < 15e6, f"{m['name']} is {size / 1e6:.1f} MB"
-    real = ModelBundle.load(repo_root / "LiverCTSegmentation/Resources/Models/liverct-real")
-    assert real.description["demo"] is False and set(real.stages) == {"coarse", "fine"}
-    assert all(st.orientation == "canonical" for st in real.stages.values())
+    for name in ("liverct", "liverct-real"):
+        real = ModelBundle.load(repo_root / "LiverCTSegmentation/Resources/Models" / name)
+        assert real.description["demo"] is False and set(real.stages) == {"coarse", "fine"}
+        assert all(st.orientation == "canonical" for st in real.stages.values())
+    # The default's card states the licence its training data impose and carries its worst case.
+    card = (repo_root / "LiverCTSegmentation/Resources/Models/liverct/MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "non-commercial research only" in card and "CC BY-NC-ND" in card and "worst_case.png" in card
+    assert (repo_root / "LiverCTSegmentation/Resources/Models/liverct/worst_case.png").is_file()
+    assert card.split("\n", 1)[1] == (repo_root / "Resources/MODEL_CARD.md").read_text(encoding="utf-8").split("\n", 1)[1]
 
 
 @pytest.mark.parametrize("bad", ["../evil", "a/b", ".hidden", ""])
