@@ -190,8 +190,11 @@ def test_default_model_on_the_sample_has_no_warning_and_a_confident_liver(sample
 
 
 def test_default_model_on_the_sample_flipped_left_right_in_data_only(sample, default_bundle):
+    # A left-sided liver is not what the model learnt (no left-right flips in training): it labels the
+    # mirrored liver on the left (the midline warning) or hardly at all (the volume warning); never silence.
     res = _segment(sample.with_array(sample.array[:, :, ::-1].copy()), default_bundle)
-    assert any("patient's left of the body's midline" in w for w in review(res.warnings)), res.warnings
+    assert any("patient's left of the body's midline" in w or "outside the plausible" in w
+               for w in review(res.warnings)), res.warnings
 
 
 def test_default_model_on_a_chest_only_crop_above_the_liver(sample, default_bundle):
