@@ -40,3 +40,25 @@ def test_print_lists_four_runs_per_round(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 8 and all(f"liverseg-train train {R.PRESET}" in ln for ln in lines)
     assert sum("data.split.test=[lits117]" in ln for ln in lines) == 2
+
+
+def test_each_run_gets_its_own_warm_start(tmp_path, monkeypatch):
+    """The replay trains through loo.train_runs; its per-run overrides reach each run's command."""
+    from liverct_training import loo
+
+    class Done:
+        returncode = 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(loo.subprocess, "Popen", lambda *a, **k: Done())
+    monkeypatch.setattr(loo.time, "sleep", lambda s: None)
+    runs = [(n, tmp_path / "round2" / n, h) for n, h in R.RUNS]
+    codes = loo.train_runs(R.PRESET, R.ROUNDS[2][1], runs, tmp_path / "c", 2,
+                           per_run={n: R._extra(2, n, tmp_path, tmp_path / "c") for n, _ in R.RUNS}, log=lambda m: None)
+    assert codes == {n: 0 for n, _ in R.RUNS}
+    for name, own, _ in runs:
+        cmd = (own / "command.txt").read_text()
+        assert f"stages.fine.train.init_weights={tmp_path / 'round1' / name / 'bundle'}" in cmd
+        assert cmd.count("init_weights=") == 1

@@ -13,17 +13,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "LiverCTSegmentation")]
 
 from liverct_training import train as T  # noqa: E402
-from liverct_training.augment_torch import build_torch_augmentation  # noqa: E402
 from liverct_training.config import load_config  # noqa: E402
 from liverct_training.export import load_state_dict  # noqa: E402
-from liverct_training.sampling import PatchDataset, label_lut  # noqa: E402
+from liverct_training.sampling import PatchDataset  # noqa: E402
 from LiverCTSegmentationLib.engine.networks import build_network  # noqa: E402
 
 
@@ -40,12 +38,7 @@ def main() -> int:
         raise SystemExit(f"{a.run}: the fine stage has no tumour class")
     splits = T.split_cases(cfg, a.run, write=False)
     cases = T.load_stage_cases(splits["train"], "fine", st, cfg, "fine train")
-    lo, hi = st["intensity"]["clip"]
-    mean, std = st["intensity"]["mean"], st["intensity"]["std"]
-    aug = build_torch_augmentation(t["augmentation"], tuple(t.get("patch_size") or st["patch_size"]),
-                                   label_lut(c2l, any_nonzero_is_foreground=False), lesions=t.get("lesions"),
-                                   spacing=st["spacing"], liver_class=1, tumor_class=tumor,
-                                   clip=((lo - mean) / std, (hi - mean) / std))
+    aug = T.torch_augmenter(cfg, "fine", t.get("patch_size") or st["patch_size"])
     ds = PatchDataset(cases, aug.crop, 2 * a.batches, 123, float(t["fg_oversample"]), float(t["tumor_oversample"]),
                       raw_labels=True, weights=T._case_weights(splits["train"], cfg["data"]))
     net = build_network(st["architecture"])

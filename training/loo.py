@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .config import load_config
 
@@ -57,15 +57,19 @@ def plan_runs(cfg: dict, root: Path, only: Sequence[str] | None = None,
 
 
 def train_runs(config: str, overrides: Sequence[str], runs: Sequence[tuple[str, Path, str | None]],
-               cache_dir: Path, jobs: int = 1, resume: bool = False, log=print) -> dict[str, int]:
-    """Train every run as its own ``liverseg-train train`` process, ``jobs`` at a time; exit codes."""
+               cache_dir: Path, jobs: int = 1, resume: bool = False, log=print,
+               per_run: Mapping[str, Sequence[str]] | None = None) -> dict[str, int]:
+    """Train every run as its own ``liverseg-train train`` process, ``jobs`` at a time; exit codes.
+
+    ``per_run``: extra overrides by run name (e.g. each run's own warm-start weights)."""
     pending, active, codes = list(runs), {}, {}
     while pending or active:
         while pending and len(active) < max(1, jobs):
             name, run_dir, held = pending.pop(0)
             run_dir.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "liverct_training.cli", "train", config, *overrides,
-                   *run_overrides(run_dir, cache_dir, held)] + (["--resume"] if resume else [])
+                   *run_overrides(run_dir, cache_dir, held), *(per_run or {}).get(name, ())]
+            cmd += ["--resume"] if resume else []
             (run_dir / "command.txt").write_text(" ".join(cmd[2:]) + "\n", encoding="utf-8")
             logf = open(run_dir / "train.log", "a", encoding="utf-8")
             active[name] = (subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf, time.time())

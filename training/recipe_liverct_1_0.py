@@ -4,7 +4,8 @@ No GPU was lent to the sessions that made it, so the recipe is a chain of short 
 machine, each round continuing every run's fine stage from the previous round's exported bundle.
 This module holds that chain as data (``ROUNDS``), so the model card, the README and a rerun
 all read one source; ``python -m liverct_training.recipe_liverct_1_0 --run-dir runs/liverct-1.0``
-replays it (~4.5 h on 2 cores, two runs at a time), then evaluates leave-one-real-CT-out.
+replays it (about 5.5 h on 2 cores, two runs at a time: the rounds took ~110, 55, 52, 51 and 52
+minutes, plus the synthesis), then evaluates leave-one-real-CT-out.
 
 Each round trains four runs: three folds, each holding out one real CT (never seen, not even as a
 synthesis source), and the final model on everything. Round 1 trains both stages (coarse
@@ -14,11 +15,14 @@ and keep round 1's coarse weights.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from . import loo
+from .export import export_run
 
 PRESET = "anatomy_liver_tumor"
 RUNS = (("fold-chaos", "chaos"), ("fold-lits117", "lits117"), ("fold-totalseg", "totalseg"), ("final", None))
@@ -48,39 +52,30 @@ ROUNDS: dict[int, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def run_overrides(round_no: int, name: str, held_out: str | None, run_dir: Path, cache: Path) -> list[str]:
-    """The ``liverseg-train train`` overrides of one run of one round."""
-    own = run_dir / f"round{round_no}" / name
-    extra = [f"output.run_dir={own}", f"data.cache_dir={cache}", f"data.split.test=[{held_out or ''}]",
-             "data.split.val=[]", f"data.split_file={own / 'split.json'}"]
+def _extra(round_no: int, name: str, run_dir: Path, cache: Path) -> list[str]:
+    """What one run of one round adds to the round's overrides: the lesion-shape cache and the warm start."""
+    out = []
     if any(o.startswith("stages.fine.train.lesions.shapes=") for o in ROUNDS[round_no][1]):
-        extra.append(f"stages.fine.train.lesions.shapes_cache={cache / 'shapes'}")
+        out.append(f"stages.fine.train.lesions.shapes_cache={cache / 'shapes'}")
     if round_no > 1:
-        extra.append(f"stages.fine.train.init_weights={run_dir / f'round{round_no - 1}' / name / 'bundle'}")
-    return list(ROUNDS[round_no][1]) + extra
+        out.append(f"stages.fine.train.init_weights={run_dir / f'round{round_no - 1}' / name / 'bundle'}")
+    return out
 
 
-def _train(round_no: int, name: str, held_out: str | None, run_dir: Path, cache: Path) -> subprocess.Popen:
+def run_overrides(round_no: int, name: str, held_out: str | None, run_dir: Path, cache: Path) -> list[str]:
+    """The ``liverseg-train train`` overrides of one run of one round (as ``loo`` passes them)."""
     own = run_dir / f"round{round_no}" / name
-    own.mkdir(parents=True, exist_ok=True)
-    if round_no > 1:  # the coarse stage stays round 1's
-        for f in ("best_coarse.pt", "last_coarse.pt", "history_coarse.json"):
-            shutil.copyfile(run_dir / "round1" / name / f, own / f)
-    cmd = [sys.executable, "-m", "liverct_training.cli", "train", PRESET,
-           *run_overrides(round_no, name, held_out, run_dir, cache)]
-    (own / "command.txt").write_text(" ".join(cmd[3:]) + "\n")
-    return subprocess.Popen(cmd, stdout=(own / "train.log").open("w"), stderr=subprocess.STDOUT)
+    return [*ROUNDS[round_no][1], *loo.run_overrides(own, cache, held_out), *_extra(round_no, name, run_dir, cache)]
 
 
 def _export(own: Path, round1: Path) -> None:
-    import json
-
-    if own != round1:  # a fine-only run's summary gets round 1's coarse entry, so its card lists both stages
+    """The run's bundle (the next round's warm start); a fine-only run's summary first gets round 1's
+    coarse entry, so that its card lists both stages."""
+    if own != round1:
         s = json.loads((own / "train_summary.json").read_text())
         s["coarse"] = json.loads((round1 / "train_summary.json").read_text())["coarse"]
         (own / "train_summary.json").write_text(json.dumps(s, indent=1))
-    subprocess.run([sys.executable, "-m", "liverct_training.cli", "export", "--run", str(own), "--out",
-                    str(own / "bundle"), "--no-demo", "--overwrite", "--no-data-checksums"], check=True)
+    export_run(own, own / "bundle", overwrite=True, hash_data=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,21 +93,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"round {r} {name}: liverseg-train train {PRESET} "
                       + " ".join(repr(o) if " " in o else o for o in run_overrides(r, name, held, run_dir, cache)))
             continue
-        pending = list(RUNS)
-        while pending:
-            batch, pending = pending[:a.jobs], pending[a.jobs:]
-            procs = [(_train(r, n, h, run_dir, cache), n) for n, h in batch]
-            for p, n in procs:
-                if p.wait():
-                    print(f"round {r} {n} failed: {run_dir / f'round{r}' / n / 'train.log'}", file=sys.stderr)
-                    return 1
-        for n, _ in RUNS:
-            _export(run_dir / f"round{r}" / n, run_dir / "round1" / n)
+        runs = [(name, run_dir / f"round{r}" / name, held) for name, held in RUNS]
+        for name, own, _ in runs:
+            own.mkdir(parents=True, exist_ok=True)
+            if r > 1:  # the coarse stage stays round 1's
+                for f in ("best_coarse.pt", "last_coarse.pt", "history_coarse.json"):
+                    shutil.copyfile(run_dir / "round1" / name / f, own / f)
+        codes = loo.train_runs(PRESET, ROUNDS[r][1], runs, cache, a.jobs,
+                               per_run={n: _extra(r, n, run_dir, cache) for n, _ in RUNS})
+        if any(codes.values()):
+            print(f"round {r}: runs failed {codes}; see their train.log", file=sys.stderr)
+            return 1
+        for name, own, _ in runs:
+            _export(own, run_dir / "round1" / name)
     if a.print:
         return 0
-    last = run_dir / f"round{max(a.rounds)}"
-    return subprocess.run([sys.executable, "-m", "liverct_training.cli", "loo", PRESET, "--run-dir", str(last),
-                           "--eval-only"]).returncode
+    return loo.main_loo([PRESET, "--run-dir", str(run_dir / f"round{max(a.rounds)}"), "--eval-only"])
 
 
 if __name__ == "__main__":  # pragma: no cover

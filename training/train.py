@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -65,6 +65,11 @@ def split_cases(cfg: dict, run_dir: Path, write: bool = True) -> dict[str, list]
     return out
 
 
+def _class_to_label(st: dict) -> list:
+    """The stage's output class -> label value list (identity when the config names none)."""
+    return list(st.get("class_to_label", list(range(int(st["architecture"]["out_channels"])))))
+
+
 def _case_weights(cases: list, data: dict) -> list | None:
     """Per-case sampling weights when synthetic cases share the training set (data.synthetic.fraction)."""
     spec = data.get("synthetic") or {}
@@ -92,7 +97,7 @@ def stage_case(case, stage_name: str, st: dict, cfg: dict) -> StageCase:
     cached = load_cached(case, stage_cache_spec(stage_name, st), data["cache_dir"], data["task"],
                          data.get("label_mapping"), hash_files=bool(data.get("cache_hash_files", False)))
     spacing = tuple(float(s) for s in st["spacing"])
-    c2l = list(st.get("class_to_label", list(range(int(st["architecture"]["out_channels"])))))
+    c2l = _class_to_label(st)
     lut = label_lut(c2l, any_nonzero_is_foreground=(stage_name == "coarse"))
     raw = np.asarray(cached.label)
     image, target = np.asarray(cached.image), lut[raw]
@@ -182,7 +187,7 @@ def stage_settings(cfg: dict, stage_name: str) -> dict:
 
 def stage_class_names(st: dict, task: str) -> list[str]:
     """Names of a stage's output classes for messages: background, liver, tumor (or class N)."""
-    c2l = list(st.get("class_to_label", list(range(int(st["architecture"]["out_channels"])))))
+    c2l = _class_to_label(st)
     tumor = _tumor_class(c2l, task)
     names = ["background"] + [f"class {c}" for c in range(1, len(c2l))]
     if len(c2l) > 1 and str(task).startswith("liver"):
@@ -190,6 +195,22 @@ def stage_class_names(st: dict, task: str) -> list[str]:
     if tumor is not None and tumor < len(names):
         names[tumor] = "tumor"
     return names
+
+
+def torch_augmenter(cfg: dict, stage_name: str, patch: Sequence[int]) -> Any:
+    """The stage's on-device batch augmentation (``augmentation.backend: torch``): crops, warps,
+    intensities and synthetic lesions exactly as training draws them (also used by
+    scripts/tumour_channel_check.py)."""
+    from .augment_torch import build_torch_augmentation
+
+    st, t = cfg["stages"][stage_name], stage_settings(cfg, stage_name)
+    c2l = _class_to_label(st)
+    lo, hi = (float(v) for v in st["intensity"]["clip"])
+    mean, std = float(st["intensity"].get("mean", 0.0)), float(st["intensity"].get("std", 1.0))
+    return build_torch_augmentation(
+        t.get("augmentation", {}) or {}, tuple(patch), label_lut(c2l, any_nonzero_is_foreground=(stage_name == "coarse")),
+        lesions=t.get("lesions"), spacing=st["spacing"], liver_class=1,
+        tumor_class=_tumor_class(c2l, cfg["data"]["task"]), clip=((lo - mean) / std, (hi - mean) / std))
 
 
 def train_step(model, loss_fn, opt, x, y, amp_dtype, scaler, recall=None):
@@ -307,7 +328,7 @@ def load_init_weights(model, folder: str, stage_name: str, arch: dict) -> str:
         raise ConfigError(f"train.init_weights: model '{bundle.name}' has no stage '{stage_name}' "
                           f"(has {', '.join(bundle.stage_names)})")
     src = bundle.stages[stage_name]
-    if dict(src.architecture) != dict(arch) and differs_only_in_tail_width(dict(src.architecture), dict(arch)):
+    if differs_only_in_tail_width(dict(src.architecture), dict(arch)):
         # A wider full-resolution tail: the trained weights, widened without changing the output.
         D.unwrap(model).load_state_dict(widen_tail(load_state_dict(src), D.unwrap(model)), strict=True)
         print(f"[{stage_name}] warm start from {bundle.name}: tail widened {tail_width(src.architecture)} -> "
@@ -376,16 +397,7 @@ def train_stage(stage_name: str, cfg: dict, splits: dict, run_dir: Path, device,
     on_device = None
     if str(aug_cfg.get("backend", "monai")).lower() == "torch":
         # Crop only in the loader; augment whole batches on the training device.
-        from .augment_torch import build_torch_augmentation
-
-        c2l = list(st.get("class_to_label", list(range(int(arch["out_channels"])))))
-        lo, hi = (float(v) for v in st["intensity"]["clip"])
-        mean, std = float(st["intensity"].get("mean", 0.0)), float(st["intensity"].get("std", 1.0))
-        on_device = build_torch_augmentation(
-            aug_cfg, patch, label_lut(c2l, any_nonzero_is_foreground=(stage_name == "coarse")),
-            lesions=t.get("lesions"), spacing=st["spacing"], liver_class=1,
-            tumor_class=_tumor_class(c2l, cfg["data"]["task"]),
-            clip=((lo - mean) / std, (hi - mean) / std))
+        on_device = torch_augmenter(cfg, stage_name, patch)
         ds = PatchDataset(train_cases, on_device.crop, iters * bs, seed, float(t["fg_oversample"]),
                           float(t["tumor_oversample"]), rank=info.rank, raw_labels=True, weights=weights)
     else:

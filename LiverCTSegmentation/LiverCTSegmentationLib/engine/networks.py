@@ -122,7 +122,7 @@ def _modules() -> dict:
                 self.ups.append(ConvBlock(below + skip, skip, norm, dropout, dims))
                 below = skip
             if stem_stride == 2:
-                r = int(refine_channels or max(4, c0 // 2))
+                r = _tail_channels(refine_channels, c0)
                 self.full_res = nn.Sequential(Conv(in_channels, r, 3, padding=1), nn.ReLU(inplace=True))
                 self.refine = nn.Sequential(Conv(c0 + r, r, 3, padding=1), _norm(norm, r, dims), nn.ReLU(inplace=True))
                 head_in = r
@@ -218,6 +218,16 @@ def build_network(arch: dict) -> "nn.Module":
     )
 
 
+def _tail_channels(refine_channels: Any, c0: int) -> int:
+    return int(refine_channels or max(4, int(c0) // 2))
+
+
+def tail_width(arch: dict) -> int:
+    """Channels of a stem-2 ``reduced_unet3d``'s full-resolution tail (``refine_channels``, default
+    half of ``channels[0]``, at least 4): what its output layer reads."""
+    return _tail_channels(arch.get("refine_channels"), int(arch.get("channels", [32, 64, 128])[0]))
+
+
 def required_divisor(arch: dict) -> int:
     """Input spatial sizes must be multiples of this (patch sizes are checked against it)."""
     name = arch.get("name")
@@ -252,7 +262,7 @@ def activation_bytes_per_voxel(arch: dict) -> float:
     body = sum(2.0 * (seq[lvl] + seq[lvl + 1]) / shrink ** lvl for lvl in range(len(channels)))
     full = float(in_ch + out_ch)
     if arch.get("name") == "reduced_unet3d" and int(arch.get("stem_stride", 1)) == 2:
-        r = int(arch.get("refine_channels") or max(4, channels[0] // 2))
+        r = tail_width(arch)
         full += 2.0 * (channels[0] + 2 * r)  # [upsampled body, full-res features] -> refine
         body /= shrink
     return 4.0 * (full + body)
