@@ -1,9 +1,9 @@
 """Is every class being learned? The mean probability a network gives each class on its own voxels.
 
-A class can silently collapse: the liver/tumour fine stage of the CPU anatomy runs (2026-12-04)
-trained 1400 iterations with the tumour in every batch and never predicted a tumour voxel; its
-tumour probability peaked exactly where all last-layer features are zero, i.e. no feature ever
-pointed at "tumour". The loss curve hides it (the liver term keeps improving). Tracking the soft
+A class can silently stall: the liver/tumour fine stage of the CPU anatomy runs (2026-12-04)
+trained 1400 iterations with the tumour in every batch and found none of the held-out LiTS crop's
+70 tumours; its highest tumour probability anywhere stayed near the softmax of the output bias
+(0.299 vs 0.297). The loss curve hides it (the liver term keeps improving). Tracking the soft
 recall per class, from the logits the training step computes anyway, shows it after one epoch.
 """
 from __future__ import annotations
