@@ -19,6 +19,7 @@ COMMANDS = {
     "evaluate": ("evaluate", "main_evaluate", "evaluate a bundle with the full inference pipeline"),
     "export": ("export", "main_export", "write a model bundle + model card from a run dir"),
     "loo": ("loo", "main_loo", "leave-one-case-out training + evaluation, and the final all-case model"),
+    "soup": ("soup", "main_soup", "average one stage's weights over the runs of a warm-start chain"),
 }
 
 
