@@ -1,11 +1,11 @@
-"""The default model's recipe (training/recipe_liverct_1_0.py) is a chain of valid configs of the preset."""
+"""The default model's recipe (training/recipe_liverct.py) is a chain of valid configs of the preset and soups."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from liverct_training import recipe_liverct_1_0 as R
+from liverct_training import recipe_liverct as R
 from liverct_training.config import load_config
 
 
@@ -20,26 +20,40 @@ def test_every_run_of_every_round_is_a_valid_config(tmp_path, round_no):
             assert "thorax" not in cfg["data"]["synthetic"]
         else:
             assert cfg["train"]["stages"] == ["fine"]
-            # each round starts from the same run's bundle of the round before: a fold never meets its held-out CT
-            assert fine["init_weights"] == str(tmp_path / "runs" / f"round{round_no - 1}" / name / "bundle")
+            # each round starts from the same run's bundle of an earlier step: a fold never meets its held-out CT
+            start = R.start_step(round_no)
+            assert fine["init_weights"] == str(tmp_path / "runs" / start / name / "bundle")
+            assert R.ORDER.index(start) < R.ORDER.index(f"round{round_no}")
 
 
 def test_the_rounds_change_what_the_card_says_they_change(tmp_path):
     cfg = {r: load_config(R.PRESET, R.run_overrides(r, "final", None, tmp_path, tmp_path / "c")) for r in R.ROUNDS}
     fine = {r: c["stages"]["fine"]["train"] for r, c in cfg.items()}
     assert "shapes" not in fine[1].get("lesions", {}) and fine[2]["lesions"]["shapes"].endswith("anatomy")
-    assert [r for r in R.ROUNDS if "thorax" in cfg[r]["data"]["synthetic"]] == [3, 4, 5]
+    assert [r for r in R.ROUNDS if "thorax" in cfg[r]["data"]["synthetic"]] == [3, 4, 5, 6, 7]
     assert cfg[3]["data"]["synthetic"]["thorax"] == {"prob": 0.75, "cap_mm": [40, 90]}
     assert fine[3]["class_weights"] == [1.0, 1.0, 4.0] and fine[5]["class_weights"] == [1.0, 1.0, 3.0]
     assert cfg[4]["train"]["patch_size"] == [48, 64, 64] and cfg[4]["train"]["batch_size"] == 4
     assert cfg[5]["train"]["patch_size"] == [64, 96, 96] and cfg[5]["train"]["batch_size"] == 2
 
 
-def test_print_lists_four_runs_per_round(tmp_path, capsys):
-    assert R.main(["--run-dir", str(tmp_path / "r"), "--print", "--rounds", "4", "5"]) == 0
+def test_print_lists_four_runs_per_round_and_the_soups(tmp_path, capsys):
+    assert R.main(["--run-dir", str(tmp_path / "r"), "--print", "--from", "round4", "--until", "round6"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 8 and all(f"liverseg-train train {R.PRESET}" in ln for ln in lines)
-    assert sum("data.split.test=[lits117]" in ln for ln in lines) == 2
+    train = [ln for ln in lines if f"liverseg-train train {R.PRESET}" in ln]
+    assert len(train) == 12 and sum("data.split.test=[lits117]" in ln for ln in train) == 3
+    assert [ln.split(":")[0] for ln in lines if "liverseg-train soup" in ln] == ["soup45"]
+    assert f"{tmp_path / 'r' / 'round4'} {tmp_path / 'r' / 'round5'} --out {tmp_path / 'r' / 'soup45'}" in lines[8]
+
+
+def test_every_version_is_a_step_and_soups_average_earlier_steps():
+    assert set(R.VERSIONS.values()) <= set(R.ORDER)
+    assert R.VERSIONS["1.0.0"] == "round5"
+    for step, sources in R.SOUPS.items():
+        assert len(sources) >= 2 and all(R.ORDER.index(s) < R.ORDER.index(step) for s in sources)
+    assert [s for s in R.ORDER if s.startswith("round")] == [f"round{r}" for r in sorted(R.ROUNDS)]
+    with pytest.raises(SystemExit, match="unknown step"):
+        R.steps_until("round99")
 
 
 def test_each_run_gets_its_own_warm_start(tmp_path, monkeypatch):
