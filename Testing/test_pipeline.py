@@ -251,3 +251,28 @@ def test_lung_tumour_bundle_empty_result_does_not_mention_liver(tmp_path):
     assert not res.labelmap.array.any()
     assert res.warnings and all("liver" not in w.lower() for w in res.warnings)
     assert any("lung tumor" in w.lower() for w in res.warnings)
+
+
+def test_paste_back_slivers_are_not_lesions(tmp_path, monkeypatch):
+    """A one-voxel tumour piece left by the paste-back onto the CT grid becomes liver: the lesion
+    table lists the one real lesion (the LOO folds' paste-back had left 1-2 mm^3 'lesions')."""
+    from LiverCTSegmentationLib.engine import preprocess
+
+    mb = ModelBundle.load(make_box_bundle(tmp_path / "b", liver_hu=(80.0, 200.0), tumor_hu=(0.0, 50.0)))
+    a = np.full((40, 60, 60), -100, np.int16)
+    a[8:32, 10:50, 10:50] = 120  # liver
+    a[16:24, 20:30, 20:30] = 25  # one lesion
+    vol = Volume(a, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    real = preprocess.resample_labels_to_reference
+
+    def with_sliver(*args, **kw):
+        out = real(*args, **kw)
+        arr = np.array(out.array)
+        assert arr[28, 40, 40] == 1
+        arr[28, 40, 40] = 2  # far from the lesion, inside the liver
+        return out.with_array(arr)
+
+    monkeypatch.setattr(preprocess, "resample_labels_to_reference", with_sliver)
+    res = segment(vol, mb, SegmentOptions(device="cpu"))
+    assert res.labelmap.array[28, 40, 40] == 1
+    assert res.statistics.tumor_count == 1 and _n_components(res.labelmap.array == 2) == 1

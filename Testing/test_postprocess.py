@@ -152,3 +152,47 @@ def test_lesions_only_follows_flag_then_task() -> None:
     assert not lesions_only({})
     assert lesions_only({"postprocess": {"lesions_only": True}, "training": {"task": "liver"}})
     assert not lesions_only({"postprocess": {"lesions_only": False}, "training": {"task": "lung_tumor"}})
+
+
+# ------------------------------------------------ lesion fragments on the output grid
+from LiverCTSegmentationLib.engine.postprocess import drop_lesion_fragments  # noqa: E402
+
+
+def _organ_with_lesion() -> np.ndarray:
+    lab = np.zeros((20, 20, 20), np.uint8)
+    lab[4:16, 4:16, 4:16] = 1
+    lab[6:12, 6:12, 6:12] = 2  # a 216-voxel lesion
+    return lab
+
+
+def test_fragments_touching_liver_become_liver_and_lesions_stay():
+    lab = _organ_with_lesion()
+    lab[14, 14, 14] = 2  # a one-voxel sliver inside the liver
+    out = drop_lesion_fragments(lab.copy(), (1.0, 1.0, 1.0), 30.0)
+    assert out[14, 14, 14] == 1
+    assert (out == 2).sum() == 216 and (out[6:12, 6:12, 6:12] == 2).all()
+
+
+def test_fragments_away_from_the_liver_become_background():
+    lab = _organ_with_lesion()
+    lab[18, 18, 1] = 2  # alone, no liver among its 26 neighbours
+    lab[16, 16, 16] = 2  # outside the organ, touching its corner voxel (15, 15, 15) diagonally
+    out = drop_lesion_fragments(lab.copy(), (1.0, 1.0, 1.0), 30.0)
+    assert out[18, 18, 1] == 0 and out[16, 16, 16] == 1
+
+
+def test_the_size_limit_is_physical():
+    lab = _organ_with_lesion()
+    lab[14, 14, 13:15] = 2  # 2 voxels
+    # 2 voxels of 8 mm^3 = 16 mm^3 < 30: dropped; of 27 mm^3 = 54 mm^3: kept
+    assert drop_lesion_fragments(lab.copy(), (2.0, 2.0, 2.0), 30.0)[14, 14, 13] == 1
+    assert drop_lesion_fragments(lab.copy(), (3.0, 3.0, 3.0), 30.0)[14, 14, 13] == 2
+    # the 216-voxel lesion is itself under 30 mm^3 at 0.5 mm (27 mm^3): a speck too
+    assert (drop_lesion_fragments(lab.copy(), (0.5, 0.5, 0.5), 30.0) == 2).sum() == 0
+    assert (drop_lesion_fragments(lab.copy(), (0.6, 0.6, 0.6), 30.0)[6:12, 6:12, 6:12] == 2).all()
+
+
+def test_no_tumour_is_a_no_op():
+    lab = np.zeros((5, 5, 5), np.uint8)
+    lab[1:4, 1:4, 1:4] = 1
+    assert np.array_equal(drop_lesion_fragments(lab.copy(), (1, 1, 1), 30.0), lab)

@@ -329,5 +329,11 @@ def _segment(volume: Volume, bundle, options: Optional[SegmentOptions], progress
     t = time.perf_counter()
     out, _ = itk_if_gpu_full(lambda d: resample_labels_to_reference(label, volume, smooth=True, device=d),
                              resample_device, warnings)
+    if not lesion_bundle:  # the smooth paste-back can cut slivers off a lesion: not lesions of their own
+        from .postprocess import DEFAULTS, drop_lesion_fragments
+
+        min_mm3 = float({**DEFAULTS, **bundle.postprocess}["min_lesion_mm3"])
+        arr = out.array if out.array.flags.writeable else np.array(out.array, dtype=np.uint8)
+        out = out.with_array(drop_lesion_fragments(arr, out.spacing, min_mm3))
     timings["resample"] = time.perf_counter() - t
     return result(out)

@@ -13,7 +13,9 @@ Rules (applied in this order, on the input grid):
    complements of the 26/8 foreground connectivity).
 4. Tumour components (26-connected) smaller than ``min_lesion_mm3`` (default
    30) are dropped: they become liver when part of the kept organ (or a filled
-   hole), background when they were a detached blob kept by rule 2.
+   hole), background when they were a detached blob kept by rule 2. The
+   pipeline applies this rule once more on the CT's own grid after the paste-back
+   (``drop_lesion_fragments``), which can cut slivers off a lesion's rim.
 
 Lesion-only bundles (``lesions_only``: task ``lung_tumor``, no organ label) skip
 rules 1-3, which would keep only the largest lesion: ``postprocess_lesions``
@@ -211,6 +213,66 @@ def remove_specks(label_kji: np.ndarray, spacing_ijk: Sequence[float], min_mm3: 
     out = np.array(label_kji, dtype=np.uint8, copy=True)
     for value in np.unique(out[out > 0]):
         out[_specks(out == value, spacing_ijk, min_mm3)] = 0
+    return out
+
+
+def drop_lesion_fragments(label_kji: np.ndarray, spacing_ijk: Sequence[float], min_mm3: float,
+                          liver_label: int = 1, tumor_label: int = 2) -> np.ndarray:
+    """Rule 4 again on the output grid, in place: tumour pieces smaller than ``min_mm3`` that the
+    smooth paste-back cut off a lesion become liver where they touch liver, else background.
+
+    Why: rule 4 runs on the fine grid (1.5 mm); resampling to a finer CT can split a lesion's thin
+    rim into pieces of one or two voxels, which the lesion table would list as lesions (round 4-6
+    leave-one-out: 7 of 8 false lesions on the LiTS crop were under 100 mm^3, five of them 1-2 mm^3).
+    Only the tumour's bounding box is labelled (cost: a few ms)."""
+    label = np.asarray(label_kji)
+    found = _bounding_box(label, tumor_label)
+    if found is None:
+        return label
+    lo = np.maximum(found[0] - 1, 0)
+    hi = np.minimum(found[1] + 2, label.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    sub = label[box]
+    specks = _specks(sub == tumor_label, spacing_ijk, min_mm3)
+    if not specks.any():
+        return label
+    labels = _components(specks, fully_connected=True)
+    liver = sub == liver_label
+    # A piece touches liver when one of its 26 neighbours is liver: grow the liver by one voxel.
+    grown = _grow26(liver)
+    touching = np.zeros(int(labels.max()) + 1, dtype=bool)
+    touching[np.unique(labels[grown & specks])] = True
+    touching[0] = False
+    sub[specks] = 0
+    sub[touching[labels]] = liver_label
+    return label
+
+
+def _bounding_box(label: np.ndarray, value: int, slab: int = 16):
+    """(lo, hi) inclusive [k, j, i] indices of ``value`` in ``label``, or None; read in slabs of
+    ``slab`` slices, so no full-size boolean copy of a CT-sized labelmap is made (peak memory)."""
+    lo, hi = None, None
+    for k0 in range(0, label.shape[0], slab):
+        idx = np.nonzero(label[k0:k0 + slab] == value)
+        if idx[0].size == 0:
+            continue
+        a = np.array([idx[0].min() + k0, idx[1].min(), idx[2].min()])
+        b = np.array([idx[0].max() + k0, idx[1].max(), idx[2].max()])
+        lo, hi = (a, b) if lo is None else (np.minimum(lo, a), np.maximum(hi, b))
+    return None if lo is None else (lo, hi)
+
+
+def _grow26(mask: np.ndarray) -> np.ndarray:
+    """``mask`` dilated by one voxel in all 26 directions (no wrap-around at the array's ends)."""
+    out = mask.copy()
+    for axis in range(3):
+        grown = out.copy()
+        sl_a = [slice(None)] * 3
+        sl_b = [slice(None)] * 3
+        sl_a[axis], sl_b[axis] = slice(1, None), slice(None, -1)
+        grown[tuple(sl_a)] |= out[tuple(sl_b)]
+        grown[tuple(sl_b)] |= out[tuple(sl_a)]
+        out = grown
     return out
 
 
