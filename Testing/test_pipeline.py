@@ -268,11 +268,11 @@ def test_paste_back_slivers_are_not_lesions(tmp_path, monkeypatch):
     def with_sliver(*args, **kw):
         out = real(*args, **kw)
         arr = np.array(out.array)
-        assert arr[28, 40, 40] == 1
-        arr[28, 40, 40] = 2  # far from the lesion, inside the liver
+        assert arr[20, 25, 31] == 1 and arr[20, 25, 29] == 2 and arr[20, 25, 30] == 1
+        arr[20, 25, 31] = 2  # a piece beside the lesion's rim, not touching it (as a paste-back sliver)
         return out.with_array(arr)
 
     monkeypatch.setattr(preprocess, "resample_labels_to_reference", with_sliver)
     res = segment(vol, mb, SegmentOptions(device="cpu"))
-    assert res.labelmap.array[28, 40, 40] == 1
+    assert res.labelmap.array[20, 25, 31] == 1
     assert res.statistics.tumor_count == 1 and _n_components(res.labelmap.array == 2) == 1

@@ -160,6 +160,22 @@ def _probability_maps(passes: list, class_to_label, grid: Volume, region: Volume
     return maps
 
 
+def _tumour_box(label: Volume, volume: Volume) -> Optional[tuple]:
+    """[k, j, i] slices of ``volume`` holding every tumour voxel of the stage-grid ``label`` pasted back
+    (one stage voxel of margin for the smooth paste-back), or None when there is no tumour."""
+    from .preprocess import physical_box_to_index_range, voxel_box_corners
+
+    kk, jj, ii = np.nonzero(label.array == 2)
+    if kk.size == 0:
+        return None
+    corners = voxel_box_corners(label, (ii.min(), jj.min(), kk.min()), (ii.max(), jj.max(), kk.max()))
+    rng = physical_box_to_index_range(volume, corners, margin_mm=float(max(label.spacing)))
+    if rng is None:  # pragma: no cover - the stage grid lies inside the input by construction
+        return None
+    lo, hi = rng
+    return tuple(slice(int(lo[a]), int(hi[a]) + 1) for a in (2, 1, 0))
+
+
 def _roi_crop(volume: Volume, roi_lps) -> tuple[Volume, np.ndarray]:
     """The ROI's box of ``volume`` and its first voxel (i, j, k)."""
     from .preprocess import crop_box, physical_box_to_index_range
@@ -329,11 +345,12 @@ def _segment(volume: Volume, bundle, options: Optional[SegmentOptions], progress
     t = time.perf_counter()
     out, _ = itk_if_gpu_full(lambda d: resample_labels_to_reference(label, volume, smooth=True, device=d),
                              resample_device, warnings)
-    if not lesion_bundle:  # the smooth paste-back can cut slivers off a lesion: not lesions of their own
+    box = None if lesion_bundle else _tumour_box(label, volume)
+    if box is not None:  # the smooth paste-back can cut slivers off a lesion: not lesions of their own
         from .postprocess import DEFAULTS, drop_lesion_fragments
 
         min_mm3 = float({**DEFAULTS, **bundle.postprocess}["min_lesion_mm3"])
         arr = out.array if out.array.flags.writeable else np.array(out.array, dtype=np.uint8)
-        out = out.with_array(drop_lesion_fragments(arr, out.spacing, min_mm3))
+        out = out.with_array(drop_lesion_fragments(arr, out.spacing, min_mm3, box))
     timings["resample"] = time.perf_counter() - t
     return result(out)
