@@ -35,6 +35,10 @@ SHAPES = ("stages.fine.train.lesions.shapes=../shared/data/anatomy",)
 CPU = ("train.batch_size=2", "train.patch_size=[64,96,96]", "train.iterations_per_epoch=50", "train.num_workers=0",
        "train.threads=1", "train.warmup_iterations=50", "output.mlflow=false", "data.prepare_jobs=1")
 FINE_ONLY = ("train.stages=[fine]",)
+# Rounds 4-7: the tumour settings that made the tumour class learn, on small or on large patches.
+TUMOUR = ("stages.fine.train.class_weights=[1.0,1.0,3.0]", "stages.fine.train.tumor_oversample=0.5",
+          "stages.fine.train.lesions.prob=0.7", THORAX)
+SMALL = ("train.patch_size=[48,64,64]", "train.batch_size=4")
 
 # round -> (what it adds, overrides). Later overrides win (the config's a.b=c semantics).
 ROUNDS: dict[int, tuple[str, tuple[str, ...]]] = {
@@ -46,20 +50,14 @@ ROUNDS: dict[int, tuple[str, tuple[str, ...]]] = {
     3: ("thorax cap (a heart above the dome), tumour weight 4", CPU + FINE_ONLY + SHAPES + (
         "stages.fine.train.epochs=12", "stages.fine.train.lr=0.001", "stages.fine.train.class_weights=[1.0,1.0,4.0]",
         "stages.fine.train.tumor_oversample=0.5", THORAX)),
-    4: ("small liver-centred patches: 3x the tumour-bearing updates", CPU + FINE_ONLY + SHAPES + (
-        "train.patch_size=[48,64,64]", "train.batch_size=4", "stages.fine.train.epochs=18",
-        "stages.fine.train.lr=0.002", "stages.fine.train.class_weights=[1.0,1.0,3.0]",
-        "stages.fine.train.tumor_oversample=0.5", "stages.fine.train.lesions.prob=0.7", THORAX)),
+    4: ("small liver-centred patches: 3x the tumour-bearing updates", CPU + FINE_ONLY + SHAPES + SMALL + (
+        "stages.fine.train.epochs=18", "stages.fine.train.lr=0.002") + TUMOUR),
     5: ("64x96x96 patches again: the context round 4 lost", CPU + FINE_ONLY + SHAPES + (
-        "stages.fine.train.epochs=12", "stages.fine.train.lr=0.001", "stages.fine.train.class_weights=[1.0,1.0,3.0]",
-        "stages.fine.train.tumor_oversample=0.5", "stages.fine.train.lesions.prob=0.7", THORAX)),
-    6: ("small patches again (lr 0.001, 600 iterations), from the round-4/5 soup", CPU + FINE_ONLY + SHAPES + (
-        "train.patch_size=[48,64,64]", "train.batch_size=4", "stages.fine.train.epochs=12",
-        "stages.fine.train.lr=0.001", "stages.fine.train.class_weights=[1.0,1.0,3.0]",
-        "stages.fine.train.tumor_oversample=0.5", "stages.fine.train.lesions.prob=0.7", THORAX)),
+        "stages.fine.train.epochs=12", "stages.fine.train.lr=0.001") + TUMOUR),
+    6: ("small patches again (lr 0.001, 600 iterations), from the round-4/5 soup", CPU + FINE_ONLY + SHAPES + SMALL + (
+        "stages.fine.train.epochs=12", "stages.fine.train.lr=0.001") + TUMOUR),
     7: ("64x96x96 patches again, from the round-4/5/6 soup", CPU + FINE_ONLY + SHAPES + (
-        "stages.fine.train.epochs=12", "stages.fine.train.lr=0.001", "stages.fine.train.class_weights=[1.0,1.0,3.0]",
-        "stages.fine.train.tumor_oversample=0.5", "stages.fine.train.lesions.prob=0.7", THORAX)),
+        "stages.fine.train.epochs=12", "stages.fine.train.lr=0.001") + TUMOUR),
 }
 #: round -> the step whose bundles it warm-starts from (default: the round before)
 START: dict[int, str] = {6: "soup45", 7: "soup456"}

@@ -15,21 +15,17 @@ Given leave-one-out roots (``fold-*/`` and ``final/`` inside), every run folder 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Sequence
 
+from LiverCTSegmentationLib.engine.bundle import sha256_file
 from LiverCTSegmentationLib.engine.errors import LiverSegError
 
 
 class SoupError(LiverSegError):
     """The runs cannot be averaged (missing checkpoint, different architectures)."""
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def average_states(states: Sequence[dict], weights: Sequence[float] | None = None) -> dict:
@@ -69,10 +65,8 @@ def soup_run(runs: Sequence[Path], out: Path, stage: str = "fine", weights: Sequ
     for s in srcs:
         if not s.is_file():
             raise SoupError(f"{s} not found: each run must have trained stage '{stage}'")
-    if out.exists():
-        if not overwrite:
-            raise SoupError(f"{out} exists: choose a new folder or pass --overwrite")
-        shutil.rmtree(out)
+    if out.exists() and not overwrite:
+        raise SoupError(f"{out} exists: choose a new folder or pass --overwrite")
     avg = average_states([load_state_dict(s) for s in srcs], weights)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -80,7 +74,7 @@ def soup_run(runs: Sequence[Path], out: Path, stage: str = "fine", weights: Sequ
     torch.save(avg, tmp / f"{checkpoint}_{stage}.pt")
     record = {"stage": stage, "checkpoint": checkpoint,
               "weights": [1.0] * len(runs) if weights is None else [float(w) for w in weights],
-              "sources": [{"run": str(r), "sha256": _sha256(s)} for r, s in zip(runs, srcs)]}
+              "sources": [{"run": str(r), "sha256": sha256_file(s)} for r, s in zip(runs, srcs)]}
     (tmp / "soup.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     # The card's command: how the last run was trained, then the soup that made these weights.
     cmd = tmp / "command.txt"
@@ -88,6 +82,8 @@ def soup_run(runs: Sequence[Path], out: Path, stage: str = "fine", weights: Sequ
     w = f" --weights {','.join(str(x) for x in record['weights'])}" if weights is not None else ""
     cmd.write_text(f"{trained}liverseg-train soup {' '.join(str(r) for r in runs)} --out {out} --stage {stage}{w} "
                    f"(the {stage} weights: their average, sources in soup.json)\n", encoding="utf-8")
+    if out.exists():  # --overwrite: the old soup goes only once the new one is complete
+        shutil.rmtree(out)
     tmp.rename(out)
     return out
 
