@@ -41,13 +41,61 @@ def _epoch_of(path: Path) -> int:
     return -1 if ckpt.get("done") else int(ckpt["epoch"])
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc): torchrun starts its workers in sessions of their own."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while we looked
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers together, as a scheduler ends a job (its whole cgroup).
+
+    Killing only torchrun's process group leaves the workers running on: they would go on writing
+    the run folder while the resumed run reads it.
+    """
+    victims = [proc.pid, *_descendants(proc.pid)]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGSTOP)  # freeze first: nobody writes while the rest are killed
+        except ProcessLookupError:
+            pass
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in victims[1:]):
+        assert time.monotonic() < deadline, "workers outlived SIGKILL"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
+
+
 def test_killed_ddp_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     cache = tmp_path / "cache"
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     r = subprocess.run(_torchrun(straight, cache, False), env=_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
 
-    # Preempted: killed (SIGKILL, the whole process group, as a scheduler does) once epoch 1 is saved.
+    # Preempted: killed (SIGKILL, torchrun and every worker, as a scheduler does) once epoch 1 is saved.
     proc = subprocess.Popen(_torchrun(broken, cache, False), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
@@ -57,8 +105,7 @@ def test_killed_ddp_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path)
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill_job(proc)
     killed_at = _epoch_of(broken / "last_coarse.pt")
     assert 0 <= killed_at < 3  # stopped part-way: something is left to resume
 
