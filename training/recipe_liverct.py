@@ -58,13 +58,16 @@ ROUNDS: dict[int, tuple[str, tuple[str, ...]]] = {
         "stages.fine.train.epochs=12", "stages.fine.train.lr=0.001") + TUMOUR),
     7: ("64x96x96 patches again, from the round-4/5/6 soup", CPU + FINE_ONLY + SHAPES + (
         "stages.fine.train.epochs=12", "stages.fine.train.lr=0.001") + TUMOUR),
+    8: ("small patches again, from the round-4/5/6/7 soup", CPU + FINE_ONLY + SHAPES + SMALL + (
+        "stages.fine.train.epochs=12", "stages.fine.train.lr=0.001") + TUMOUR),
 }
 #: round -> the step whose bundles it warm-starts from (default: the round before)
-START: dict[int, str] = {6: "soup45", 7: "soup456"}
+START: dict[int, str] = {6: "soup45", 7: "soup456", 8: "soup4567"}
 #: soup step -> the steps whose fine weights it averages (equal weights): each new round with the soup before it
 SOUPS: dict[str, tuple[str, ...]] = {"soup45": ("round4", "round5"), "soup456": ("soup45", "round6"),
-                                     "soup4567": ("soup456", "round7")}
-ORDER = ("round1", "round2", "round3", "round4", "round5", "soup45", "round6", "soup456", "round7", "soup4567")
+                                     "soup4567": ("soup456", "round7"), "soup45678": ("soup4567", "round8")}
+ORDER = ("round1", "round2", "round3", "round4", "round5", "soup45", "round6", "soup456", "round7", "soup4567", "round8",
+         "soup45678")
 #: released version -> the step that is it
 VERSIONS = {"1.0.0": "round5", "1.1.0": "soup4567"}
 
