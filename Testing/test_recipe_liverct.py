@@ -30,12 +30,16 @@ def test_the_rounds_change_what_the_card_says_they_change(tmp_path):
     cfg = {r: load_config(R.PRESET, R.run_overrides(r, "final", None, tmp_path, tmp_path / "c")) for r in R.ROUNDS}
     fine = {r: c["stages"]["fine"]["train"] for r, c in cfg.items()}
     assert "shapes" not in fine[1].get("lesions", {}) and fine[2]["lesions"]["shapes"].endswith("anatomy")
-    assert [r for r in R.ROUNDS if "thorax" in cfg[r]["data"]["synthetic"]] == [3, 4, 5, 6, 7, 8]
+    assert [r for r in R.ROUNDS if "thorax" in cfg[r]["data"]["synthetic"]] == [3, 4, 5, 6, 7, 8, 9]
     assert cfg[3]["data"]["synthetic"]["thorax"] == {"prob": 0.75, "cap_mm": [40, 90]}
     assert fine[3]["class_weights"] == [1.0, 1.0, 4.0] and fine[5]["class_weights"] == [1.0, 1.0, 3.0]
     assert cfg[4]["train"]["patch_size"] == [48, 64, 64] and cfg[4]["train"]["batch_size"] == 4
     assert cfg[5]["train"]["patch_size"] == [64, 96, 96] and cfg[5]["train"]["batch_size"] == 2
     assert cfg[8]["train"]["patch_size"] == [48, 64, 64] and R.start_step(8) == "soup4567"
+    # round 9 is round 8 with another seed, from the same start: only the seed differs
+    assert cfg[9]["train"]["seed"] == 1 and cfg[8]["train"]["seed"] == 0 and R.start_step(9) == R.start_step(8)
+    assert {k: v for k, v in cfg[9]["train"].items() if k != "seed"} == {k: v for k, v in cfg[8]["train"].items()
+                                                                          if k != "seed"}
 
 
 def test_print_lists_four_runs_per_round_and_the_soups(tmp_path, capsys):

@@ -60,14 +60,18 @@ ROUNDS: dict[int, tuple[str, tuple[str, ...]]] = {
         "stages.fine.train.epochs=12", "stages.fine.train.lr=0.001") + TUMOUR),
     8: ("small patches again, from the round-4/5/6/7 soup", CPU + FINE_ONLY + SHAPES + SMALL + (
         "stages.fine.train.epochs=12", "stages.fine.train.lr=0.001") + TUMOUR),
+    9: ("round 8 with another seed (1), from the same soup: the seed spread", CPU + FINE_ONLY + SHAPES + SMALL + (
+        "stages.fine.train.epochs=12", "stages.fine.train.lr=0.001") + TUMOUR + ("train.seed=1",)),
 }
 #: round -> the step whose bundles it warm-starts from (default: the round before)
-START: dict[int, str] = {6: "soup45", 7: "soup456", 8: "soup4567"}
-#: soup step -> the steps whose fine weights it averages (equal weights): each new round with the soup before it
+START: dict[int, str] = {6: "soup45", 7: "soup456", 8: "soup4567", 9: "soup4567"}
+#: soup step -> the steps whose fine weights it averages (equal weights): each new round with the soup before it;
+#: two seeds of one round are first averaged with each other (soup89), then with the soup before them
 SOUPS: dict[str, tuple[str, ...]] = {"soup45": ("round4", "round5"), "soup456": ("soup45", "round6"),
-                                     "soup4567": ("soup456", "round7"), "soup45678": ("soup4567", "round8")}
+                                     "soup4567": ("soup456", "round7"), "soup45678": ("soup4567", "round8"),
+                                     "soup89": ("round8", "round9"), "soup4567_89": ("soup4567", "soup89")}
 ORDER = ("round1", "round2", "round3", "round4", "round5", "soup45", "round6", "soup456", "round7", "soup4567", "round8",
-         "soup45678")
+         "soup45678", "round9", "soup89", "soup4567_89")
 #: released version -> the step that is it
 VERSIONS = {"1.0.0": "round5", "1.1.0": "soup4567"}
 
