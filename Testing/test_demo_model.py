@@ -48,11 +48,11 @@ def test_cascade_reaches_liver_dice_095_on_held_out_phantoms(demo_bundle, seed, 
     assert abs(res.statistics.liver_ml - gt.sum() * ct.voxel_volume_mm3 / 1000) / res.statistics.liver_ml < 0.1
 
 
-# The default model never saw a phantom: liverct 1.1.0 measured 0.909 / 0.772 / 0.920 on these
-# (its card; 1.0.0: 0.887 / 0.730 / 0.902; liverct-real 0.2.0: 0.920 / 0.891 / 0.918). Seed 70002 is
+# The default model never saw a phantom: liverct 1.2.0 measured 0.915 / 0.794 / 0.925 on these
+# (its card; 1.1.0: 0.909 / 0.772 / 0.920; 1.0.0: 0.887 / 0.730 / 0.902; liverct-real 0.2.0: 0.920 / 0.891 / 0.918). Seed 70002 is
 # hard for all (1.0.0 as LPS: 0.673), so its bound is lower; a geometry error (RAS, oblique) would
-# give ~0, not 0.74.
-@pytest.mark.parametrize("seed,orientation,least", [(70001, "LPS", 0.88), (70002, "RAS", 0.74), (70003, "oblique", 0.89)])
+# give ~0, not 0.77.
+@pytest.mark.parametrize("seed,orientation,least", [(70001, "LPS", 0.89), (70002, "RAS", 0.77), (70003, "oblique", 0.90)])
 def test_default_real_model_finds_the_phantom_liver(default_bundle, seed, orientation, least):
     assert default_bundle.demo is False
     _ct, _res, dice, _gt = _phantom_run(default_bundle, seed, orientation)

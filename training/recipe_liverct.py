@@ -7,7 +7,8 @@ This module holds that chain as data (``ROUNDS``, ``START``, ``SOUPS``, ``ORDER`
 card, the README and a rerun all read one source; ``python -m liverct_training.recipe_liverct
 --run-dir runs/liverct --until <step>`` replays it up to a step (``VERSIONS`` names the step each
 released version is), then evaluates leave-one-real-CT-out. Rounds 1-5 took ~110, 55, 52, 51 and 52
-minutes on 2 cores, two runs at a time, plus the synthesis; rounds 6 and 7 took 37 and 52.
+minutes on 2 cores, two runs at a time, plus the synthesis; rounds 6-9 took 37, 52, 43 and 38
+(rounds 8 and 9 while other work shared the machine).
 
 Each round trains four runs: three folds, each holding out one real CT (never seen, not even as a
 synthesis source), and the final model on everything. Round 1 trains both stages (coarse
@@ -73,7 +74,7 @@ SOUPS: dict[str, tuple[str, ...]] = {"soup45": ("round4", "round5"), "soup456": 
 ORDER = ("round1", "round2", "round3", "round4", "round5", "soup45", "round6", "soup456", "round7", "soup4567", "round8",
          "soup45678", "round9", "soup89", "soup4567_89")
 #: released version -> the step that is it
-VERSIONS = {"1.0.0": "round5", "1.1.0": "soup4567"}
+VERSIONS = {"1.0.0": "round5", "1.1.0": "soup4567", "1.2.0": "soup4567_89"}
 
 
 def start_step(round_no: int) -> str:
