@@ -3,8 +3,8 @@ torchrun run killed mid-training and restarted with --resume ends with exactly t
 uninterrupted run with the same seed (deterministic mode, CPU, gloo)."""
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -41,52 +41,35 @@ def _epoch_of(path: Path) -> int:
     return -1 if ckpt.get("done") else int(ckpt["epoch"])
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc): torchrun starts its workers in sessions of their own."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended while we looked
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
-
-
 def _kill_job(proc: subprocess.Popen) -> None:
     """SIGKILL torchrun and its workers together, as a scheduler ends a job (its whole cgroup).
 
-    Killing only torchrun's process group leaves the workers running on: they would go on writing
-    the run folder while the resumed run reads it.
+    torchrun starts its workers in sessions of their own, so killing torchrun's process group
+    leaves them running on: they would go on writing the run folder while the resumed run reads it.
     """
-    victims = [proc.pid, *_descendants(proc.pid)]
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGSTOP)  # freeze first: nobody writes while the rest are killed
-        except ProcessLookupError:
-            pass
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    import psutil
+
+    job = psutil.Process(proc.pid)
+    victims = [job, *job.children(recursive=True)]
+    for p in victims:  # freeze first: nobody writes while the rest are killed
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.suspend()
+    for p in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
     proc.wait()
-    deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in victims[1:]):
-        assert time.monotonic() < deadline, "workers outlived SIGKILL"
-        time.sleep(0.05)
+    _gone, alive = psutil.wait_procs(victims[1:], timeout=30)
+    assert all(_dead(p) for p in alive), "workers outlived SIGKILL"
 
 
-def _state(pid: int) -> str:
+def _dead(p) -> bool:
+    """Ended, or a zombie waiting for its new parent to reap it."""
+    import psutil
+
     try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
-    except (OSError, IndexError):
-        return "zombie"
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_killed_ddp_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
