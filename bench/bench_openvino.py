@@ -31,9 +31,8 @@ import bench_real_ct as R  # noqa: E402
 
 
 def capture_windows(ct: Path, threads: int) -> list:
-    """(stage, window tensor) for every window fast_unet runs while the default model segments ``ct``."""
-    import torch
-
+    """(stage, window tensor, the stage's torch module) for every window fast_unet runs while the
+    default model segments ``ct``."""
     from LiverCTSegmentationLib import models
     from LiverCTSegmentationLib.engine import fast_unet, io, pipeline
     from LiverCTSegmentationLib.engine.bundle import ModelBundle
@@ -52,7 +51,6 @@ def capture_windows(ct: Path, threads: int) -> list:
                                                                               bf16=False))
     finally:
         fast_unet.FastUNet.__call__ = call
-    torch.set_num_threads(threads)
     return [(s, x, bundle.network(s, "cpu").float().eval()) for s, x in seen]
 
 
@@ -71,6 +69,7 @@ def measure(windows: list, threads: int, repeat: int) -> tuple[list, list]:
 
     from LiverCTSegmentationLib.engine.fast_unet import fast_network
 
+    torch.set_num_threads(threads)
     core, compiled, rows, once = ov.Core(), {}, [], []
     for i, (stage, x, net) in enumerate(windows):
         fast = fast_network(net)
