@@ -71,6 +71,26 @@ def test_gaussian_weights_symmetric_positive():
     assert g[8, 12, 4] > 10 * g[0, 0, 0]
 
 
+def _gaussian_reference(patch, sigma_scale=1.0 / 8):
+    """The weights as first written: the float64 3D product, normalised, floored, cast."""
+    grids = []
+    for p in patch:
+        x = np.arange(p, dtype=np.float64)
+        grids.append(np.exp(-0.5 * ((x - (p - 1) / 2.0) / max(p * sigma_scale, 1e-6)) ** 2))
+    g = grids[0][:, None, None] * grids[1][None, :, None] * grids[2][None, None, :]
+    g /= g.max()
+    return np.maximum(g, max(g[g > 0].min(), 1e-6)).astype(np.float32)
+
+
+@pytest.mark.parametrize("patch", [(128, 144, 128), (112, 144, 144), (16, 24, 9), (1, 64, 64), (7, 5, 3),
+                                   (3, 3, 3)])
+@pytest.mark.parametrize("sigma_scale", [1.0 / 8, 1.0 / 2])
+def test_separable_gaussian_is_bit_identical_to_the_3d_product(patch, sigma_scale):
+    g = gaussian_importance(patch, sigma_scale)
+    assert g.dtype == np.float32
+    np.testing.assert_array_equal(g, _gaussian_reference(patch, sigma_scale))
+
+
 def test_compare_argmax_equals_argmax():
     x = torch.randn(4, 9, 10, 11)
     assert torch.equal(compare_argmax(x).long(), x.argmax(0))

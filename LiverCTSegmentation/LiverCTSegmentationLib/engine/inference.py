@@ -82,17 +82,22 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
 
 @lru_cache(maxsize=8)
 def _gaussian_np(patch: tuple, sigma_scale: float = 1.0 / 8) -> np.ndarray:
-    grids = []
+    # Separable: the 3D weight is the outer product of three 1D Gaussians, each scaled to max 1, so
+    # the whole is built in one pass straight into float32 (a float64 3D array and its temporaries
+    # cost ~0.1-0.3 s per process on a 2.4 M-voxel window; most of it first touches of fresh memory).
+    axes = []
     for p in patch:
         c = (p - 1) / 2.0
         sigma = max(p * sigma_scale, 1e-6)
-        x = np.arange(p, dtype=np.float64)
-        grids.append(np.exp(-0.5 * ((x - c) / sigma) ** 2))
-    g = grids[0][:, None, None] * grids[1][None, :, None] * grids[2][None, None, :]
-    g /= g.max()
-    # no zero weights: edge voxels of a window still count (covered-once voxels stay defined)
-    g = np.maximum(g, max(g[g > 0].min(), 1e-6))
-    return g.astype(np.float32)
+        g1 = np.exp(-0.5 * ((np.arange(p, dtype=np.float64) - c) / sigma) ** 2)
+        axes.append(g1 / g1.max())
+    # no zero weights: edge voxels of a window still count (covered-once voxels stay defined);
+    # the smallest positive weight of a product of positive factors is the product of the minima
+    floor = np.float32(max(np.prod([a[a > 0].min() if (a > 0).any() else 1.0 for a in axes]), 1e-6))
+    g = np.empty(patch, dtype=np.float32)
+    np.multiply(axes[0][:, None, None], np.outer(axes[1], axes[2])[None], out=g, casting="same_kind")
+    np.maximum(g, floor, out=g)
+    return g
 
 
 def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
