@@ -66,3 +66,25 @@ def test_the_default_cases_include_the_150_slice_one_and_unknown_cases_are_refus
     monkeypatch.setattr(B, "CHAOS", path)
     with pytest.raises(SystemExit, match="chaos_75"):
         B.main(["--cases", "chaos,chaos_75", "--workdir", str(tmp_path / "w")])
+
+
+def test_touch_worker_writes_the_memory_it_is_asked_for():
+    seconds = B.touch(16)
+    assert 0.0 < seconds < 60.0
+
+
+def test_prefault_precedes_every_measured_process_but_not_the_features_probe(monkeypatch):
+    import argparse
+
+    order: list = []
+    monkeypatch.setattr(B, "touch", lambda mb: order.append(("touch", mb)) or 0.01)
+    real_measure = B.C.measure
+    monkeypatch.setattr(B.C, "measure", lambda cmd, threads: order.append(("run", cmd[-1])) or real_measure(cmd, threads))
+    args = argparse.Namespace(isa="native", threads=1, prefault_mb=64)
+    B.run([sys.executable, "-c", "print(1)"], args)
+    B.run([sys.executable, "-c", "print(2)"], args, prefault=False)
+    assert order == [("touch", 64), ("run", "print(1)"), ("run", "print(2)")]
+    args.prefault_mb = 0
+    order.clear()
+    B.run([sys.executable, "-c", "print(3)"], args)
+    assert order == [("run", "print(3)")]

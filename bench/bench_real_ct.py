@@ -21,6 +21,13 @@ Every variant runs in its own process (wall time, that process's peak RSS), in t
 - naive MONAI baseline (``bench_end_to_end.naive_worker``: whole CT at the fine spacing, sliding window,
   probabilities to the native grid, arg-max there), unless ``--no-baseline``.
 
+``--prefault-mb N`` runs, before every measured process (every variant alike), a process that
+writes N MB of fresh memory and exits, so the guest's pages are backed by the host when the measured
+process starts. Why: on a VM whose free memory goes back to the host (free page reporting, DAMON
+reclaim), the first touch of a page costs a host fault; this VM took 6.8 s to write 512 MB once in a
+fresh process and 0.09 s the next time. That cost lands on whichever stage first touches new memory,
+and it is a property of the VM, not of the code. The run prints the cold rate it measured first.
+
 ``--isa avx2`` runs the children as on a CPU without AVX-512 (``ATEN_CPU_CAPABILITY=avx2``,
 ``ONEDNN_MAX_CPU_ISA=AVX2``, ``LIVERCT_NO_BF16=1``: no native bf16). The CPU features printed are
 the children's: torch's capability, oneDNN's ISA line, and /proc/cpuinfo's flags.
@@ -113,14 +120,36 @@ def features_worker() -> None:
                       "emulated": {k: os.environ[k] for k in AVX2_ENV if k in os.environ}}))
 
 
+def touch_worker(mb: int) -> None:
+    """Write ``mb`` MB of fresh memory; print the seconds it took."""
+    import numpy as np
+
+    t = time.perf_counter()
+    a = np.ones(int(mb) << 20, dtype=np.uint8)  # every byte written: every page touched
+    print(json.dumps({"mb": int(mb), "seconds": time.perf_counter() - t, "check": int(a[-1])}))
+
+
+def touch(mb: int) -> float:
+    """Seconds a fresh process took to write ``mb`` MB (see ``--prefault-mb``)."""
+    m = C.measure([sys.executable, __file__, "--touch-worker", str(int(mb))], 1)
+    if m.returncode != 0:
+        sys.exit(f"touch worker failed (exit {m.returncode}):\n{m.stderr[-2000:]}")
+    return float(json.loads(m.stdout.strip().splitlines()[-1])["seconds"])
+
+
+PREFAULT_SECONDS: list = []  # the touch times before the measured processes (for the report)
+
+
 def child(args, extra: Optional[dict] = None) -> dict:
     env = dict(AVX2_ENV) if args.isa == "avx2" else {}
     env.update(extra or {})
     return env
 
 
-def run(cmd: list, args, extra: Optional[dict] = None) -> C.Measured:
+def run(cmd: list, args, extra: Optional[dict] = None, prefault: bool = True) -> C.Measured:
     saved = {k: os.environ.get(k) for k in child(args, extra)}
+    if args.prefault_mb and prefault:
+        PREFAULT_SECONDS.append(touch(args.prefault_mb))
     os.environ.update(child(args, extra))  # C.measure copies os.environ into the child's
     try:
         m = C.measure(cmd, args.threads)
@@ -224,6 +253,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baseline", action="store_true", help="skip the naive MONAI baseline (minutes)")
     ap.add_argument("--workdir", default="/tmp/liverct-bench/real")
     ap.add_argument("--save", action="store_true", help="append the output to bench/RESULTS.md")
+    ap.add_argument("--prefault-mb", type=int, default=0,
+                    help="before every measured process, a process writes this many MB of fresh memory "
+                         "(VMs that return free memory to the host; see the module doc); 0: off")
+    ap.add_argument("--touch-worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--io-floor-worker", nargs=3, metavar=("CT", "OUT", "LABELS"), help=argparse.SUPPRESS)
     ap.add_argument("--features-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -232,6 +265,9 @@ def main(argv=None) -> int:
         return 0
     if args.features_worker:
         features_worker()
+        return 0
+    if args.touch_worker:
+        touch_worker(args.touch_worker)
         return 0
     if not CHAOS.exists():
         print(f"SKIP: {CHAOS} is absent (the real CTs live in ../shared/data/real beside the repository).")
@@ -243,12 +279,15 @@ def main(argv=None) -> int:
     if unknown:
         sys.exit(f"Unknown case(s) {unknown}: choose from chaos, {', '.join(RESAMPLED)}.")
     cts = {c: CHAOS if c == "chaos" else build_resampled(work, c) for c in cases}
-    feats = json.loads(run([sys.executable, __file__, "--features-worker"], args).stdout.strip().splitlines()[-1])
+    cold = [touch(512) for _ in range(2)]  # first the machine's cold first-touch cost, then warm
+    feats = json.loads(run([sys.executable, __file__, "--features-worker"], args, prefault=False).stdout.strip().splitlines()[-1])
     lines = ["## Real CT: " + ", ".join(args.cases.split(",")) + f" (isa {args.isa})", "",
              "command: `" + " ".join(["python bench/bench_real_ct.py"] + list(argv or sys.argv[1:])) + "`",
              f"machine: {C.machine_line(args.threads)}",
              "CPU features of the runs: torch capability {torch_capability}, oneDNN ISA {onednn_isa}, bf16 used "
              "{bf16_used}; /proc/cpuinfo {flags}; emulation env {emulated}".format(**feats),
+             f"first touch of fresh memory, 512 MB written by a fresh process, twice in a row: "
+             f"{cold[0]:.2f} s, then {cold[1]:.2f} s",
              f"{load_line()} (before)"]
     rows, notes = [], []
     for name in cases:
@@ -257,6 +296,10 @@ def main(argv=None) -> int:
         notes += n
     lines += ["", C.table(rows, ["variant", "process wall s", "compute s (sum of stages)", "peak RSS MB",
                                  "Dice liver vs liverseg", "Dice tumour vs liverseg"]), ""] + notes
+    if PREFAULT_SECONDS:
+        lines += ["", f"prefault: each of the {len(PREFAULT_SECONDS)} measured processes (every variant) was "
+                      f"preceded by a process writing {args.prefault_mb} MB: {min(PREFAULT_SECONDS):.2f}-"
+                      f"{max(PREFAULT_SECONDS):.2f} s per touch (not counted in any variant)"]
     lines += ["", f"{load_line()} (after)"]
     C.report("\n".join(lines), args.save)
     return 0
