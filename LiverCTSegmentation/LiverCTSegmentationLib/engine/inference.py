@@ -31,18 +31,20 @@ from .progress import Progress
 
 # ~168^3 voxels: a liver box + margin at 1.5 mm (3-5 M voxels) or a whole CT at 3 mm
 # (~2 M) fits. Measured for the [8, 16, 32, 64] stem-2 network on 2 cores with bf16:
-# 176x144x176 in 0.58 s, +425 MB; float32 activations take twice the memory, hence
-# half the budget (float32 128^3: 0.64 s, +442 MB). On CPUs, float32 now runs through
-# fast_unet (~50 B per window voxel, ~130 MB at this budget); the budget stays halved because
-# the window plan sets the labels: one 168^3 fine window instead of two blended ones moved
-# liver Dice to 0.967 on the bundled sample (bench/RESULTS.md 2026-12-04).
+# 176x144x176 in 0.58 s, +425 MB; the torch module's float32 activations take twice that
+# (float32 128^3: 0.64 s, +442 MB), so float32 on a GPU keeps half the budget. Float32 on the CPU
+# runs engine/fast_unet (~50 B per window voxel: ~240 MB at this budget) and keeps the whole budget:
+# one fine window instead of two blended ones halves the fine pass (chaos_150: 1.27 -> 0.60 s) and
+# gives CPUs without native bf16 the window plan, hence the labels, of bf16 CPUs and GPUs (liver Dice
+# of the two plans >= 0.999 on the six real CTs, 0.981 on the synthetic bundled sample; bench/RESULTS.md
+# 2026-12-05).
 SINGLE_WINDOW_VOXELS = 168 ** 3
 ENLARGED_HALO = 16  # voxels of overlap kept between enlarged windows
 
 
-def default_window_voxels(bf16: bool) -> int:
-    """Single-window budget (voxels): ``SINGLE_WINDOW_VOXELS``, halved for float32."""
-    return SINGLE_WINDOW_VOXELS if bf16 else SINGLE_WINDOW_VOXELS // 2
+def default_window_voxels(bf16: bool, device_type: str = "cpu") -> int:
+    """Single-window budget (voxels): ``SINGLE_WINDOW_VOXELS``, halved for float32 on a GPU."""
+    return SINGLE_WINDOW_VOXELS if bf16 or device_type == "cpu" else SINGLE_WINDOW_VOXELS // 2
 
 
 def enlarged_window(shape: Sequence[int], patch: Sequence[int], divisor: int, max_voxels: int,

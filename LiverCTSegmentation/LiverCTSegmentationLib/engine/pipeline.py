@@ -29,7 +29,7 @@ interpolation to float32 rounding), which saves copying the whole CT into ITK
 
 Each stage's region is run as ONE network window when it fits
 ``options.max_window_voxels`` (default ``inference.default_window_voxels``,
-~168^3 with bf16, half that in float32: a whole CT at 3 mm, a liver box at
+~168^3; half that for float32 on a GPU: a whole CT at 3 mm, a liver box at
 1.5 mm), padded to the network's
 divisor; only larger regions use overlapping Gaussian-blended windows.
 ``fast=True`` uses window overlap 0.25 instead of ``options.overlap`` for
@@ -72,7 +72,7 @@ class SegmentOptions:
     batch_size: int = 2
     overlap: float = 0.5
     bf16: Optional[bool] = None  # None: where the hardware runs it natively; False: never
-    max_window_voxels: Optional[int] = None  # None: inference.default_window_voxels(bf16); 0: always tile
+    max_window_voxels: Optional[int] = None  # None: inference.default_window_voxels; 0: always tile
     # Resampling (both stages' inputs and the smooth paste-back): "itk" (SimpleITK, as in training),
     # "torch" (resample_torch on the inference device, same interpolation to float32 rounding), or
     # "auto": torch on a CUDA GPU, where it saves copying the CT into ITK; ITK elsewhere.
@@ -231,7 +231,7 @@ def _segment(volume: Volume, bundle, options: Optional[SegmentOptions], progress
     if options.max_window_voxels is None:
         from .inference import default_window_voxels
 
-        max_window = default_window_voxels(bf16)
+        max_window = default_window_voxels(bf16, device.type)
     else:
         max_window = max(0, int(options.max_window_voxels))
     overlap = FAST_OVERLAP if options.fast else float(options.overlap)
