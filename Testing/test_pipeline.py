@@ -276,3 +276,28 @@ def test_paste_back_slivers_are_not_lesions(tmp_path, monkeypatch):
     res = segment(vol, mb, SegmentOptions(device="cpu"))
     assert res.labelmap.array[20, 25, 31] == 1
     assert res.statistics.tumor_count == 1 and _n_components(res.labelmap.array == 2) == 1
+
+
+def test_default_window_budget_is_one_plan_for_every_cpu(tmp_path, monkeypatch):
+    """Float32 on the CPU (fast_unet, ~50 B per window voxel) keeps the whole budget bf16 uses, so a
+    CPU without native bf16 runs a liver box as the same single window (same labels) as one with it;
+    only float32 on a GPU (the torch module's activations) halves it (issue 15)."""
+    import LiverCTSegmentationLib.engine.inference as inference
+
+    full = inference.SINGLE_WINDOW_VOXELS
+    assert inference.default_window_voxels(False, "cpu") == inference.default_window_voxels(True, "cpu") == full
+    assert inference.default_window_voxels(True, "cuda") == full
+    assert inference.default_window_voxels(False, "cuda") == full // 2
+    seen = []
+    real = inference.sliding_window_predict
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("max_window_voxels"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "sliding_window_predict", spy)
+    vol = Volume(np.random.default_rng(0).integers(-200, 300, (24, 50, 60)).astype(np.int16), (1.2, 1.2, 3.0))
+    bundle = ModelBundle.load(make_box_bundle(tmp_path / "b", two_stage=False))
+    for bf16 in (False, True):
+        segment(vol, bundle, SegmentOptions(device="cpu", bf16=bf16))
+    assert seen == [full, full]
