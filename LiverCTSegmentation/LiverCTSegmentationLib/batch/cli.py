@@ -221,6 +221,10 @@ def _option_that_is_a_file(argv: Sequence[str]) -> Optional[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point; returns the exit code (see the module docstring)."""
+    if argv is None:  # a process of its own (the console script, python -m): keep freed memory for reuse
+        from ..engine.heap import keep_freed_memory
+
+        keep_freed_memory()
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:  # Ctrl-C outside the batch (e.g. while loading the model)

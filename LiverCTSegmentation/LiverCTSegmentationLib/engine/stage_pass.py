@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from .heap import release_free_memory
 from .progress import Progress
 from .volume import Volume
 
@@ -129,24 +130,3 @@ def run_stage(bundle, name: str, vol: Volume, device, bf16: bool, overlap: float
     release_free_memory()
     lut = np.asarray(st.class_to_label, dtype=np.uint8)
     return grid.with_array(lut[cls]), t_pre, resample_device
-
-
-def release_free_memory() -> None:
-    """Give freed heap pages back to the OS (glibc only; a no-op elsewhere).
-
-    After a network pass, glibc keeps hundreds of MB of freed activation
-    buffers in its arenas; without a trim they add to the next stage's peak RSS.
-    """
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
