@@ -60,3 +60,24 @@ def test_only_the_command_line_process_keeps_freed_memory(how, keeps):
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"rc": 0, "keeps": keeps}
+
+
+_WORKER = """
+import json, sys
+from LiverCTSegmentationLib.slicerui import worker
+from LiverCTSegmentationLib.engine import heap
+if sys.argv[1] == "one-shot":  # a missing input: the job fails with a message, after the policy is set
+    rc = worker.main(["--input", sys.argv[2] + "/absent.nrrd", "--output-dir", sys.argv[2]])
+else:  # a kept worker whose control folder is gone ends at once
+    rc = worker.main(["--serve", sys.argv[2] + "/gone", "--idle-seconds", "0"])
+print(json.dumps({"rc": rc, "keeps": heap.keeps_freed_memory()}))
+"""
+
+
+@pytest.mark.parametrize("how,rc,keeps", [("one-shot", 2, True), ("serve", 0, False)])
+def test_slicer_one_shot_worker_keeps_freed_memory_and_the_kept_worker_trims(tmp_path, how, rc, keeps):
+    out = subprocess.run([sys.executable, "-c", _WORKER, how, str(tmp_path)], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"rc": rc, "keeps": keeps}

@@ -70,6 +70,11 @@ def main(argv=None) -> int:
     if not args.input or not args.output_dir:
         emit("error", code="bug", message="worker.py needs --input and --output-dir (or --serve DIR).")
         return 1
+    # One job, then exit: freed memory is better reused by the next stage than given back
+    # (engine/heap.py). A kept worker (--serve) trims instead: it idles between jobs.
+    from LiverCTSegmentationLib.engine.heap import keep_freed_memory
+
+    keep_freed_memory()
     return run_job(vars(args), {})
 
 
