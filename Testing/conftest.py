@@ -45,6 +45,25 @@ def real_data_dir() -> Path:
 
 
 @pytest.fixture
+def block_imports(monkeypatch):
+    """``block_imports("isal", ...)``: importing those packages (or their submodules) raises ImportError
+    for the rest of the test, as on an installation without them."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def block(*names: str) -> None:
+        def guarded(name, *args, **kwargs):
+            if any(name == n or name.startswith(n + ".") for n in names):
+                raise ImportError(f"{name} is blocked for this test")
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", guarded)
+
+    return block
+
+
+@pytest.fixture
 def scene():
     """A fresh real MRML scene (slicer-core) with the module logics registered on ``slicer``."""
     import slicer_fakes

@@ -2,7 +2,6 @@
 cleanly without OpenVINO (not a project dependency)."""
 from __future__ import annotations
 
-import builtins
 import sys
 from pathlib import Path
 
@@ -15,15 +14,8 @@ import bench_openvino as B  # noqa: E402
 SAMPLE_CT = ROOT / "LiverCTSegmentation" / "Resources" / "Samples" / "phantom_ct.nii.gz"
 
 
-def test_without_openvino_it_says_skip(monkeypatch, capsys):
-    real_import = builtins.__import__
-
-    def no_openvino(name, *args, **kwargs):
-        if name == "openvino" or name.startswith("openvino."):
-            raise ImportError("no openvino here")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_openvino)
+def test_without_openvino_it_says_skip(block_imports, capsys):
+    block_imports("openvino")
     assert B.main(["--isa", "native"]) == 0
     assert "SKIP: openvino is not installed" in capsys.readouterr().out
 

@@ -3,7 +3,6 @@ reader, ITK for everything unusual or when ISA-L is missing, the parallel inflat
 on 4+ cores) likewise, and the same specific errors for damaged files on every path."""
 from __future__ import annotations
 
-import builtins
 import gzip
 from pathlib import Path
 
@@ -113,7 +112,7 @@ def test_parallel_inflate_equals_itk(tmp_path: Path, parallel) -> None:
 
 
 @pytest.fixture(params=["isal", "no isal", "rapidgzip"])
-def inflater(request, monkeypatch):
+def inflater(request, monkeypatch, block_imports):
     """Run a test with ISA-L (the fast path), with the parallel inflate, and with ISA-L's import blocked
     (ITK reads the file)."""
     if request.param == "isal":
@@ -124,14 +123,7 @@ def inflater(request, monkeypatch):
         monkeypatch.setattr(nifti_gz, "PARALLEL_MIN_CORES", 1)
     else:
         monkeypatch.setattr(nifti_gz, "PARALLEL_MIN_CORES", 1 << 20)
-        real_import = builtins.__import__
-
-        def no_isal(name, *a, **k):
-            if name == "isal" or name.startswith("isal."):
-                raise ImportError("blocked for the test")
-            return real_import(name, *a, **k)
-
-        monkeypatch.setattr(builtins, "__import__", no_isal)
+        block_imports("isal")
     return request.param
 
 

@@ -158,17 +158,11 @@ def test_single_window_and_tiled_inference_agree_on_a_clear_image(box_bundle):
     assert dice(one.labelmap.array > 0, tiled.labelmap.array > 0) > 0.99
 
 
-def test_instance_norm_bundles_run_on_training_sized_windows(tmp_path, monkeypatch):
-    """Instance norm normalises over the window, so a bundle using it must be tiled at its patch size;
-    batch-norm / threshold bundles may use one large window (faster, same result)."""
+def _window_budgets_seen(monkeypatch) -> list:
+    """The ``max_window_voxels`` of every sliding-window call from now on (appended as they happen)."""
     import LiverCTSegmentationLib.engine.inference as inference
-    from LiverCTSegmentationLib.engine.networks import window_size_invariant
 
-    arch = {"name": "reduced_unet3d", "channels": [4, 8], "norm": "instance"}
-    assert not window_size_invariant(arch)
-    assert window_size_invariant({**arch, "norm": "batch"}) and window_size_invariant({**arch, "norm": "none"})
-
-    seen = []
+    seen: list = []
     real = inference.sliding_window_predict
 
     def spy(*args, **kwargs):
@@ -176,6 +170,19 @@ def test_instance_norm_bundles_run_on_training_sized_windows(tmp_path, monkeypat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(inference, "sliding_window_predict", spy)
+    return seen
+
+
+def test_instance_norm_bundles_run_on_training_sized_windows(tmp_path, monkeypatch):
+    """Instance norm normalises over the window, so a bundle using it must be tiled at its patch size;
+    batch-norm / threshold bundles may use one large window (faster, same result)."""
+    from LiverCTSegmentationLib.engine.networks import window_size_invariant
+
+    arch = {"name": "reduced_unet3d", "channels": [4, 8], "norm": "instance"}
+    assert not window_size_invariant(arch)
+    assert window_size_invariant({**arch, "norm": "batch"}) and window_size_invariant({**arch, "norm": "none"})
+
+    seen = _window_budgets_seen(monkeypatch)
     vol = Volume(np.random.default_rng(0).integers(-200, 300, (24, 50, 60)).astype(np.int16), (1.2, 1.2, 3.0))
     segment(vol, ModelBundle.load(make_tiny_bundle(tmp_path / "t", two_stage=False)),
             SegmentOptions(device="cpu", max_window_voxels=10**7))
@@ -288,14 +295,7 @@ def test_default_window_budget_is_one_plan_for_every_cpu(tmp_path, monkeypatch):
     assert inference.default_window_voxels(False, "cpu") == inference.default_window_voxels(True, "cpu") == full
     assert inference.default_window_voxels(True, "cuda") == full
     assert inference.default_window_voxels(False, "cuda") == full // 2
-    seen = []
-    real = inference.sliding_window_predict
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("max_window_voxels"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inference, "sliding_window_predict", spy)
+    seen = _window_budgets_seen(monkeypatch)
     vol = Volume(np.random.default_rng(0).integers(-200, 300, (24, 50, 60)).astype(np.int16), (1.2, 1.2, 3.0))
     bundle = ModelBundle.load(make_box_bundle(tmp_path / "b", two_stage=False))
     for bf16 in (False, True):

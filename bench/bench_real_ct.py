@@ -279,6 +279,7 @@ def main(argv=None) -> int:
     if unknown:
         sys.exit(f"Unknown case(s) {unknown}: choose from chaos, {', '.join(RESAMPLED)}.")
     cts = {c: CHAOS if c == "chaos" else build_resampled(work, c) for c in cases}
+    PREFAULT_SECONDS.clear()  # this run's touches only
     cold = [touch(512) for _ in range(2)]  # first the machine's cold first-touch cost, then warm
     feats = json.loads(run([sys.executable, __file__, "--features-worker"], args, prefault=False).stdout.strip().splitlines()[-1])
     lines = ["## Real CT: " + ", ".join(args.cases.split(",")) + f" (isa {args.isa})", "",
