@@ -33,7 +33,7 @@ from .progress import Progress
 # (~2 M) fits. Measured for the [8, 16, 32, 64] stem-2 network on 2 cores with bf16:
 # 176x144x176 in 0.58 s, +425 MB; the torch module's float32 activations take twice that
 # (float32 128^3: 0.64 s, +442 MB), so float32 on a GPU keeps half the budget. Float32 on the CPU
-# runs engine/fast_unet (~50 B per window voxel: ~240 MB at this budget; the torch module, forced
+# runs engine/fast_unet (140 MB live for a 160^3 window, test_memory_budget; the torch module, forced
 # with LIVERCT_FAST_UNET=0 for benchmarks, would need ~1.5 GB) and keeps the whole budget:
 # one fine window instead of two blended ones halves the fine pass (chaos_150: 1.27 -> 0.60 s) and
 # gives CPUs without native bf16 the window plan, hence the labels, of bf16 CPUs and GPUs (liver Dice
