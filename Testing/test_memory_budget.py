@@ -187,3 +187,15 @@ def test_a_tiled_box_grows_the_peak_by_its_stage_arrays_only() -> None:
     small, large = _fine_pass_peak_mb(176, budget), _fine_pass_peak_mb(224, budget)
     slope = (large - small) * 2 ** 20 / (224 ** 3 - 176 ** 3)
     assert slope < 30.0, f"176^3 -> 224^3 box: {small:.0f} -> {large:.0f} MB, {slope:.0f} B per stage voxel"
+
+
+def test_stage_grid_holds_no_voxels_beside_the_network_input() -> None:
+    """The resampled float32 copy is not kept beside its normalised twin during the network pass."""
+    from LiverCTSegmentationLib.engine.stage_pass import stage_array
+
+    stage = type("Stage", (), {"spacing": (3.0, 3.0, 3.0), "orientation": "canonical",
+                               "intensity": {"clip": [-200.0, 300.0], "mean": 50.0, "std": 125.0}})()
+    vol = Volume(np.full((40, 64, 64), 40, np.int16), (1.5, 1.5, 1.5))
+    grid, x = stage_array(vol, stage)
+    assert x.dtype == np.float32 and x.shape == grid.shape_kji[:3] == (20, 32, 32)
+    assert all(s == 0 for s in grid.array.strides), "the stage grid keeps a full voxel array"
