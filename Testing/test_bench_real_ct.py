@@ -88,3 +88,24 @@ def test_prefault_precedes_every_measured_process_but_not_the_features_probe(mon
     order.clear()
     B.run([sys.executable, "-c", "print(3)"], args)
     assert order == [("run", "print(3)")]
+
+
+def test_a_case_with_its_own_source_is_built_from_it_into_its_own_file(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    def write(value: int, name: str) -> Path:
+        img = sitk.GetImageFromArray(np.full((8, 8, 8), value, np.int16))
+        img.SetSpacing((3.0, 3.0, 3.0))
+        path = tmp_path / name
+        sitk.WriteImage(img, str(path))
+        return path
+
+    monkeypatch.setattr(B, "CHAOS", write(100, "chaos.nii.gz"))
+    monkeypatch.setattr(B, "SOURCES", {"totalseg_300": write(250, "totalseg.nii.gz")})
+    monkeypatch.setattr(B, "RESAMPLED", {"chaos_300": ((16, 16, 16), (1.5, 1.5, 1.5)),
+                                         "totalseg_300": ((16, 16, 16), (1.5, 1.5, 1.5))})
+    chaos, total = B.build_resampled(tmp_path, "chaos_300"), B.build_resampled(tmp_path, "totalseg_300")
+    assert chaos != total and total.name.startswith("totalseg_")
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(chaos)))[8, 8, 8] == 100
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(total)))[8, 8, 8] == 250
+    assert "totalseg_300" in B.TARGETS
