@@ -41,3 +41,21 @@ def test_network_cache_is_shared_between_threads(bundle):
     for t in threads:
         t.join()
     assert len(got) == 4 and all(n is got[0] for n in got)
+
+
+def test_the_io_library_is_loaded_before_the_first_case_on_a_cpu(tmp_path):
+    """A case's read stage must not pay for loading SimpleITK (once per process, like torch)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys; from LiverCTSegmentationLib import models; "
+            "from LiverCTSegmentationLib.engine.bundle import ModelBundle; "
+            "from LiverCTSegmentationLib.engine.warmup import start_warm_up; "
+            "b = ModelBundle.load(models.resolve_model('liverct-phantom-demo')); before = 'SimpleITK' in sys.modules; "
+            "t = start_warm_up(b, 'cpu'); print(before, 'SimpleITK' in sys.modules, t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "LiverCTSegmentation")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "None"]
