@@ -36,9 +36,3 @@ def test_exported_session_gives_the_modules_logits_on_other_shapes(tmp_path):
     assert out.shape == ref.shape
     assert (out - ref).abs().max().item() < 1e-4
 
-
-def test_cpu_flags_names_the_benchs_flags():
-    flags = B.cpu_flags()
-    assert set(flags) <= set(B.R.FLAGS)
-    if Path("/proc/cpuinfo").exists():
-        assert set(flags) == set(B.R.FLAGS) and all(isinstance(v, bool) for v in flags.values())

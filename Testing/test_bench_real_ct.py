@@ -109,3 +109,23 @@ def test_a_case_with_its_own_source_is_built_from_it_into_its_own_file(tmp_path,
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(chaos)))[8, 8, 8] == 100
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(total)))[8, 8, 8] == 250
     assert "totalseg_300" in B.TARGETS
+
+
+def test_cpu_flags_names_the_benchs_flags():
+    flags = B.cpu_flags()
+    assert set(flags) == set(B.FLAGS) and all(isinstance(v, bool) for v in flags.values())
+    if Path("/proc/cpuinfo").exists():
+        assert flags["avx2"] is True  # every machine these benches run on has AVX2
+
+
+def test_rerun_with_isa_only_when_asked_and_not_yet_emulated(monkeypatch):
+    from types import SimpleNamespace
+
+    for k in B.AVX2_ENV:
+        monkeypatch.delenv(k, raising=False)
+    assert B.rerun_with_isa(SimpleNamespace(isa="native", threads=2), B.__file__, []) is None
+    assert B.emulated_env() == {}
+    for k, v in B.AVX2_ENV.items():
+        monkeypatch.setenv(k, v)
+    assert B.rerun_with_isa(SimpleNamespace(isa="avx2", threads=2), B.__file__, []) is None  # already the re-run
+    assert B.emulated_env() == B.AVX2_ENV

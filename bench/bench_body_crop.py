@@ -13,8 +13,6 @@ a speed change is liver Dice >= 0.999 on real CTs. The process keeps freed memor
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -79,13 +77,12 @@ def main(argv=None) -> int:
     ap.add_argument("--save", action="store_true", help="append the output to bench/RESULTS.md")
     args = ap.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in R.AVX2_ENV.items()):
-        env = dict(os.environ, **R.AVX2_ENV, OMP_NUM_THREADS=str(args.threads))
-        return subprocess.run([sys.executable, __file__, *argv], env=env).returncode
-    cases = {n: p for n, p in SHIPPED.items() if p.exists()}
-    if R.CHAOS not in cases.values():
-        print(f"SKIP: {R.CHAOS} is absent (the real CTs live in ../shared/data/real beside the repository).")
+    rc = R.rerun_with_isa(args, __file__, argv)
+    if rc is not None:
+        return rc
+    if R.chaos_missing():
         return 0
+    cases = {n: p for n, p in SHIPPED.items() if p.exists()}
     from LiverCTSegmentationLib import models
     from LiverCTSegmentationLib.engine.bundle import ModelBundle
     from LiverCTSegmentationLib.engine.heap import keep_freed_memory

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -87,9 +85,9 @@ def main(argv=None) -> int:
     ap.add_argument("--save", action="store_true", help="append the output to bench/RESULTS.md")
     args = ap.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in R.AVX2_ENV.items()):
-        env = dict(os.environ, **R.AVX2_ENV, OMP_NUM_THREADS=str(args.threads))
-        return subprocess.run([sys.executable, __file__, *argv], env=env).returncode
+    rc = R.rerun_with_isa(args, __file__, argv)
+    if rc is not None:
+        return rc
     cal_paths = [CALIBRATION.get(n, Path(n)) for n in args.calibrate.split(",") if n]
     missing = [p for p in [R.CHAOS, *cal_paths] if not p.exists()]
     if missing:
@@ -102,7 +100,7 @@ def main(argv=None) -> int:
         return 0
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    ct = R.CHAOS if args.case == "chaos" else R.build_resampled(work, args.case)
+    ct = R.case_ct(work, args.case)
     calibration: dict = {}
     for path in cal_paths:
         for stage, x, _net in O.capture_windows(path, args.threads):
@@ -113,7 +111,7 @@ def main(argv=None) -> int:
         f"(isa {args.isa})", "",
         "command: `" + " ".join(["python bench/bench_int8.py", *argv]) + "`",
         f"machine: {C.machine_line(args.threads)}; torch capability {torch.backends.cpu.get_cpu_capability()}; "
-        f"env " + str({k: os.environ[k] for k in R.AVX2_ENV if k in os.environ}),
+        f"env " + str(R.emulated_env()),
         f"calibrated on the windows of: {', '.join(p.name for p in cal_paths)}", R.load_line(), "",
         C.table(rows, ["window", "float32 s", "int8 s", "speed-up", "arg-max agreement", "liver Dice",
                        "tumour Dice"])])

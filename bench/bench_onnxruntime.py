@@ -77,16 +77,6 @@ def measure(windows: list, threads: int, repeat: int, folder: Path) -> tuple[lis
     return rows, once
 
 
-def cpu_flags() -> dict:
-    """Which of ``bench_real_ct.FLAGS`` /proc/cpuinfo lists (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            flags = set(next(line for line in fh if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return {}
-    return {f: f in flags for f in R.FLAGS}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -103,21 +93,20 @@ def main(argv=None) -> int:
         print("SKIP: onnxruntime/onnxscript are not installed (pip install onnxruntime onnx onnxscript); "
               "they are not project dependencies.")
         return 0
-    if not R.CHAOS.exists():
-        print(f"SKIP: {R.CHAOS} is absent (the real CTs live in ../shared/data/real beside the repository).")
+    if R.chaos_missing():
         return 0
     import torch
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    ct = R.CHAOS if args.case == "chaos" else R.build_resampled(work, args.case)
+    ct = R.case_ct(work, args.case)
     with tempfile.TemporaryDirectory() as tmp:
         rows, once = measure(O.capture_windows(ct, args.threads), args.threads, args.repeat, Path(tmp))
     text = "\n".join([
         f"## ONNX Runtime vs fast_unet on the pipeline's windows: {args.case} (native ISA)", "",
         "command: `" + " ".join(["python bench/bench_onnxruntime.py", *argv]) + "`",
         f"machine: {C.machine_line(args.threads)}; torch capability {torch.backends.cpu.get_cpu_capability()}; "
-        f"onnxruntime {ort.__version__}; /proc/cpuinfo {cpu_flags()}", R.load_line(), "",
+        f"onnxruntime {ort.__version__}; /proc/cpuinfo {R.cpu_flags()}", R.load_line(), "",
         C.table(rows, ["window", "fast_unet s", "onnxruntime s", "speed-up", "max |logit diff|",
                        "arg-max agreement"]),
         "", "One-off costs per process: " + "; ".join(once)])

@@ -18,8 +18,6 @@ OpenVINO's oneDNN fork also reads) and re-runs itself so it acts from the start:
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -113,20 +111,19 @@ def main(argv=None) -> int:
     ap.add_argument("--save", action="store_true", help="append the output to bench/RESULTS.md")
     args = ap.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in R.AVX2_ENV.items()):
-        env = dict(os.environ, **R.AVX2_ENV, OMP_NUM_THREADS=str(args.threads))
-        return subprocess.run([sys.executable, __file__, *argv], env=env).returncode
+    rc = R.rerun_with_isa(args, __file__, argv)
+    if rc is not None:
+        return rc
     try:
         import openvino  # noqa: F401
     except ImportError:
         print("SKIP: openvino is not installed (pip install openvino); it is not a project dependency.")
         return 0
-    if not R.CHAOS.exists():
-        print(f"SKIP: {R.CHAOS} is absent (the real CTs live in ../shared/data/real beside the repository).")
+    if R.chaos_missing():
         return 0
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    ct = R.CHAOS if args.case == "chaos" else R.build_resampled(work, args.case)
+    ct = R.case_ct(work, args.case)
     import openvino as ov
     import torch
 
@@ -135,7 +132,7 @@ def main(argv=None) -> int:
         f"## OpenVINO vs fast_unet on the pipeline's windows: {args.case} (isa {args.isa})", "",
         "command: `" + " ".join(["python bench/bench_openvino.py", *argv]) + "`",
         f"machine: {C.machine_line(args.threads)}; torch capability {torch.backends.cpu.get_cpu_capability()}; "
-        f"openvino {ov.__version__}; env " + str({k: os.environ[k] for k in R.AVX2_ENV if k in os.environ}),
+        f"openvino {ov.__version__}; env " + str(R.emulated_env()),
         R.load_line(), "",
         C.table(rows, ["window", "fast_unet s", "openvino s", "speed-up", "max |logit diff|", "arg-max agreement"]),
         "", "One-off costs per process: " + "; ".join(once)])

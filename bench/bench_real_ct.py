@@ -108,6 +108,46 @@ def io_floor_worker(ct: str, out: str, content: str) -> None:
     print(json.dumps({"read": t_read, "write": time.perf_counter() - t}))
 
 
+def cpu_flags() -> dict:
+    """Which of ``FLAGS`` /proc/cpuinfo lists (all False where there is no /proc/cpuinfo)."""
+    flags: set = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            flags = set(next(line for line in fh if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        pass
+    return {f: f in flags for f in FLAGS}
+
+
+def rerun_with_isa(args, script: str, argv: list) -> Optional[int]:
+    """With ``--isa avx2``: ``script`` run again with ``AVX2_ENV`` set (it must be set before torch
+    loads), and its exit code; None when no re-run is needed (native, or this is the re-run)."""
+    import subprocess
+
+    if args.isa != "avx2" or all(os.environ.get(k) == v for k, v in AVX2_ENV.items()):
+        return None
+    env = dict(os.environ, **AVX2_ENV, OMP_NUM_THREADS=str(args.threads))
+    return subprocess.run([sys.executable, script, *argv], env=env).returncode
+
+
+def emulated_env() -> dict:
+    """The ``AVX2_ENV`` variables this process runs with (empty at the native ISA)."""
+    return {k: os.environ[k] for k in AVX2_ENV if k in os.environ}
+
+
+def chaos_missing() -> bool:
+    """True (and a SKIP line printed) when the CHAOS CT every real-CT bench starts from is absent."""
+    if CHAOS.exists():
+        return False
+    print(f"SKIP: {CHAOS} is absent (the real CTs live in ../shared/data/real beside the repository).")
+    return True
+
+
+def case_ct(work: Path, name: str) -> Path:
+    """The CT of case ``name``: CHAOS as shipped for "chaos", else the resampled case built in ``work``."""
+    return CHAOS if name == "chaos" else build_resampled(work, name)
+
+
 def features_worker() -> None:
     """The CPU features this process (with its environment) sees."""
     import subprocess
@@ -116,19 +156,13 @@ def features_worker() -> None:
 
     from LiverCTSegmentationLib.engine.device import use_bf16
 
-    flags: set = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            flags = set(next(line for line in fh if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        pass
     code = "import torch; torch.nn.functional.conv3d(torch.ones(2, 4, 8, 8, 8), torch.ones(8, 4, 3, 3, 3))"
     env = dict(os.environ, ONEDNN_VERBOSE="1")
     verbose = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout
     isa = next((ln.split("isa:", 1)[1] for ln in verbose.splitlines() if ",info,cpu,isa:" in ln), "unknown")
     print(json.dumps({"torch_capability": str(torch.backends.cpu.get_cpu_capability()), "onednn_isa": isa,
-                      "bf16_used": bool(use_bf16("cpu")), "flags": {f: f in flags for f in FLAGS},
-                      "emulated": {k: os.environ[k] for k in AVX2_ENV if k in os.environ}}))
+                      "bf16_used": bool(use_bf16("cpu")), "flags": cpu_flags(),
+                      "emulated": emulated_env()}))
 
 
 def touch_worker(mb: int) -> None:
@@ -280,8 +314,7 @@ def main(argv=None) -> int:
     if args.touch_worker:
         touch_worker(args.touch_worker)
         return 0
-    if not CHAOS.exists():
-        print(f"SKIP: {CHAOS} is absent (the real CTs live in ../shared/data/real beside the repository).")
+    if chaos_missing():
         return 0
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -289,7 +322,7 @@ def main(argv=None) -> int:
     unknown = [c for c in cases if c != "chaos" and c not in RESAMPLED]
     if unknown:
         sys.exit(f"Unknown case(s) {unknown}: choose from chaos, {', '.join(RESAMPLED)}.")
-    cts = {c: CHAOS if c == "chaos" else build_resampled(work, c) for c in cases}
+    cts = {c: case_ct(work, c) for c in cases}
     PREFAULT_SECONDS.clear()  # this run's touches only
     cold = [touch(512) for _ in range(2)]  # first the machine's cold first-touch cost, then warm
     feats = json.loads(run([sys.executable, __file__, "--features-worker"], args, prefault=False).stdout.strip().splitlines()[-1])
