@@ -286,9 +286,9 @@ def test_paste_back_slivers_are_not_lesions(tmp_path, monkeypatch):
 
 
 def test_default_window_budget_is_one_plan_for_every_cpu(tmp_path, monkeypatch):
-    """Float32 on the CPU (fast_unet, ~50 B per window voxel) keeps the whole budget bf16 uses, so a
-    CPU without native bf16 runs a liver box as the same single window (same labels) as one with it;
-    only float32 on a GPU (the torch module's activations) halves it (issue 15)."""
+    """Float32 on the CPU (fast_unet: 140 MB live for a 160^3 window, test_memory_budget) keeps the whole
+    budget bf16 uses, so a CPU without native bf16 runs a liver box as the same single window (same
+    labels) as one with it; only float32 on a GPU (the torch module's activations) halves it (issue 15)."""
     import LiverCTSegmentationLib.engine.inference as inference
 
     full = inference.SINGLE_WINDOW_VOXELS
